@@ -1,0 +1,403 @@
+"""fnl_patch: turn a transformers model's attention into explicit per-head QK and OV factor pairs.
+
+Per head h the attention is softmax(x Q_h K_hᵀ xᵀ · scaling) x V_h O_hᵀ. The patch replaces the
+four projections by narrower ones whose per-head blocks are the SI factors of the products
+Q_h K_hᵀ and V_h O_hᵀ at rank r, and sets the module's head-size attribute to r; the head count,
+the stock forward, the KV cache and the attention kernels stay as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
+
+from . import __version__
+from .architectures import Architecture, AttentionLayout, Projection, architecture_for
+from .config import FNLConfig, resolve_rank
+from .factorize import augment_with_bias, relative_tail_error, spectral_product_factors
+
+__all__ = ["fnl_patch", "is_fnl_patched", "fnl_factor_pairs", "fnl_attention_modules", "AttentionPatch", "FactorPair", "HeadBlocks"]
+
+PATCH_ATTR = "fnl_attention"  # set on every patched attention module
+CONFIG_ATTR = "fnl"  # namespaced section of model.config holding the patch spec
+_SLOTS = ("query", "key", "value", "output")
+_FORM_SLOTS = {"qk": ("query", "key"), "ov": ("value", "output")}
+
+
+@dataclass
+class AttentionPatch:
+    """What fnl_patch did to one attention module (kept on the module as `fnl_attention`)."""
+
+    name: str
+    layout: AttentionLayout
+    forms: tuple[str, ...]
+    head_dim: int  # the original per-head size d_h
+    rank: int
+    heads: int
+    kv_heads: int
+    si_error: dict[str, float] = field(default_factory=dict)  # ‖W − W_r‖_F / ‖W‖_F per form (spectral init)
+    params_before: dict[str, int] = field(default_factory=dict)  # per form, weights and biases of its projections
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _get(obj, dotted: str):
+    return functools.reduce(getattr, dotted.split("."), obj)
+
+
+def _set(obj, dotted: str, value) -> None:
+    parent, _, last = dotted.rpartition(".")
+    setattr(_get(obj, parent) if parent else obj, last, value)
+
+
+def _weight_oi(projection: nn.Module) -> torch.Tensor:
+    """The weight as (out_features, in_features), a view; GPT-2's Conv1D stores it transposed."""
+    return projection.weight.t() if isinstance(projection, Conv1D) else projection.weight
+
+
+def _slot(attention: nn.Module, proj: Projection) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias) of one projection, the chunk of a fused one."""
+    module = attention.get_submodule(proj.path)
+    W = _weight_oi(module)
+    width = W.shape[0] // proj.chunks
+    rows = slice(proj.chunk * width, (proj.chunk + 1) * width)
+    return W[rows], (module.bias[rows] if module.bias is not None else None)
+
+
+def _slot_params(W: torch.Tensor, bias: torch.Tensor | None) -> int:
+    return W.numel() + (bias.numel() if bias is not None else 0)
+
+
+def _new_projection(old: nn.Module, W: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A projection of `old`'s type holding W (out, in) and bias, without a throwaway random init."""
+    out_features, in_features = W.shape
+    with torch.device("meta"):
+        new = Conv1D(out_features, in_features) if isinstance(old, Conv1D) else nn.Linear(in_features, out_features, bias=bias is not None)
+    weight = W.t() if isinstance(old, Conv1D) else W
+    new.weight = nn.Parameter(weight.contiguous(), requires_grad=old.weight.requires_grad)
+    new.bias = None if bias is None else nn.Parameter(bias.contiguous(), requires_grad=old.bias.requires_grad)
+    return new
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Plan:
+    name: str
+    module: nn.Module
+    layout: AttentionLayout
+    head_dim: int
+    rank: int
+    heads: int
+    kv_heads: int
+    forms: tuple[str, ...]  # the forms this module gets (RoPE models: OV only)
+
+
+def _layout_of(arch: Architecture, module: nn.Module) -> AttentionLayout | None:
+    for layout in arch.layouts:
+        paths = {getattr(layout, s).path for s in _SLOTS}
+        try:
+            if all(isinstance(module.get_submodule(p), (nn.Linear, Conv1D)) for p in paths):
+                return layout
+        except AttributeError:
+            continue
+    return None
+
+
+def fnl_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, AttentionLayout]]:
+    """Every attention module of a supported model, with its layout, in module order."""
+    arch = architecture_for(getattr(model.config, "model_type", None))
+    found = []
+    for name, module in model.named_modules():
+        layout = _layout_of(arch, module)
+        if layout is not None and not any(name.startswith(prefix + ".") for prefix, _, _ in found):
+            found.append((name, module, layout))
+    return found
+
+
+def _plan(model: nn.Module, arch: Architecture, config: FNLConfig) -> list[_Plan]:
+    plans = []
+    for name, module, layout in fnl_attention_modules(model):
+        if not config.targets(name):
+            continue
+        head_dim = int(_get(module, layout.head_size_attrs[0]))
+        Wq, _ = _slot(module, layout.query)
+        Wk, _ = _slot(module, layout.key)
+        Wv, _ = _slot(module, layout.value)
+        Wo, _ = _slot(module, layout.output)
+        heads, kv_heads = Wq.shape[0] // head_dim, Wk.shape[0] // head_dim
+        if Wq.shape[0] % head_dim or Wk.shape != Wv.shape or Wo.shape[1] != Wq.shape[0] or heads % kv_heads:
+            raise RuntimeError(
+                f"{name}: projection shapes q {tuple(Wq.shape)}, k {tuple(Wk.shape)}, v {tuple(Wv.shape)}, "
+                f"o {tuple(Wo.shape)} do not fit head size {head_dim}; is the architecture row for "
+                f"{model.config.model_type!r} still right for this transformers version?"
+            )
+        rank = resolve_rank(config.rank_for(name), head_dim, where=name)
+        forms = tuple(f for f in config.forms if not (arch.rope and f == "qk"))
+        if not forms:
+            raise ValueError(
+                f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so its QK "
+                "form is not a fixed bilinear form and is left as it is; forms=('qk',) leaves nothing to patch. "
+                "Use forms=('ov',) or ('qk', 'ov')."
+            )
+        if rank < head_dim:
+            if arch.rope:
+                raise ValueError(
+                    f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so a QK "
+                    f"rank below the head size ({rank} < {head_dim}) has no spectral meaning, and the stock forward "
+                    "needs one head size for QK and OV. Use rank=1.0 (full-rank factor pairs, e.g. for Frobenius "
+                    "decay on the OV forms)."
+                )
+            missing = [f for f in ("qk", "ov") if f not in config.forms]
+            if missing:
+                raise ValueError(
+                    f"{name}: rank {rank} < head size {head_dim} for forms {config.forms} would need the "
+                    f"{'/'.join(missing)} form at full rank beside it, but the stock attention forward has one head "
+                    "size for queries, keys and values. Patch both forms (forms=('qk', 'ov')) or use rank=1.0."
+                )
+        if "qk" in forms and kv_heads != heads:
+            raise ValueError(f"{name}: a QK form with grouped key heads ({kv_heads} for {heads} query heads) is not supported")
+        plans.append(_Plan(name, module, layout, head_dim, rank, heads, kv_heads, forms))
+    return plans
+
+
+# --------------------------------------------------------------------------- spectral initialization
+
+
+def _heads_of_rows(W: torch.Tensor, groups: int) -> torch.Tensor:
+    """(groups·d_h, d) projection rows → per-head factors (groups, d, d_h)."""
+    return W.reshape(groups, -1, W.shape[1]).transpose(1, 2)
+
+
+def _rows_of_heads(F: torch.Tensor) -> torch.Tensor:
+    """Inverse of _heads_of_rows: (groups, d, r) → (groups·r, d)."""
+    return F.transpose(1, 2).reshape(-1, F.shape[1])
+
+
+def _split_bias(F: torch.Tensor, d: int, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bias-augmented factor (groups, d(+1), r) → (projection rows, bias)."""
+    return _rows_of_heads(F[:, :d]), (F[:, d].reshape(-1) if has_bias else None)
+
+
+def _spectral_qk(plan: _Plan, q, k, errors: dict) -> tuple[tuple, tuple]:
+    """SI of the affine QK form [x, 1] [Q_h; b_q,hᵀ] [K_h; b_k,hᵀ]ᵀ [x, 1]ᵀ per head."""
+    (Wq, bq), (Wk, bk) = q, k
+    H, d = plan.heads, Wq.shape[1]
+    A = augment_with_bias(_heads_of_rows(Wq, H), None if bq is None else bq.reshape(H, -1))
+    B = augment_with_bias(_heads_of_rows(Wk, H), None if bk is None else bk.reshape(H, -1))
+    A_r, B_r, S = spectral_product_factors(A, B, plan.rank)
+    errors["qk"] = relative_tail_error(S, plan.rank)
+    return _split_bias(A_r, d, bq is not None), _split_bias(B_r, d, bk is not None)
+
+
+def _spectral_ov(plan: _Plan, v, o, errors: dict) -> tuple[tuple, tuple]:
+    """SI of the OV form of each key/value group g: V_g [O_h1 … O_hk]ᵀ over the query heads sharing V_g.
+
+    The value bias only adds the constant Σ_h O_h b_v,h after the softmax average (whose rows sum
+    to 1), so it is folded exactly into the output bias where there is one and set to zero;
+    without an output bias it joins V as an augmented row instead.
+    """
+    (Wv, bv), (Wo, bo) = v, o
+    G, k, d, d_out = plan.kv_heads, plan.heads // plan.kv_heads, Wv.shape[1], Wo.shape[0]
+    fold = bv is not None and bo is not None
+    if fold:
+        bo = (bo.float() + Wo.float() @ bv.float()).to(bo.dtype)
+    A = augment_with_bias(_heads_of_rows(Wv, G), None if bv is None or fold else bv.reshape(G, -1))
+    B = Wo.reshape(d_out, G, k, -1).permute(1, 2, 0, 3).reshape(G, k * d_out, -1)
+    A_r, B_r, S = spectral_product_factors(A, B, plan.rank)
+    errors["ov"] = relative_tail_error(S, plan.rank)
+    new_v = _split_bias(A_r, d, bv is not None and not fold)
+    if fold:
+        new_v = (new_v[0], torch.zeros(G * plan.rank, dtype=bv.dtype, device=bv.device))
+    new_o = (B_r.reshape(G, k, d_out, plan.rank).permute(2, 0, 1, 3).reshape(d_out, -1), bo)
+    return new_v, new_o
+
+
+def _empty_slot(slot: tuple, shape: tuple[int, int]) -> tuple:
+    """Uninitialized (weight, bias) of a new shape, for init='default' to fill."""
+    W, b = slot
+    empty = functools.partial(torch.empty, dtype=W.dtype, device=W.device)
+    return empty(shape), (None if b is None else empty(shape[0]))
+
+
+# --------------------------------------------------------------------------- patching
+
+
+def _patch_module(model: nn.Module, plan: _Plan, config: FNLConfig) -> AttentionPatch:
+    layout, module, r = plan.layout, plan.module, plan.rank
+    old = {s: _slot(module, getattr(layout, s)) for s in _SLOTS}
+    patched_slots = {s for f in plan.forms for s in _FORM_SLOTS[f]}
+    info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads)
+    for form in plan.forms:
+        info.params_before[form] = sum(_slot_params(*old[s]) for s in _FORM_SLOTS[form])
+
+    new = dict(old)
+    if config.init == "spectral":
+        if "query" in patched_slots:
+            new["query"], new["key"] = _spectral_qk(plan, old["query"], old["key"], info.si_error)
+        if "value" in patched_slots:
+            new["value"], new["output"] = _spectral_ov(plan, old["value"], old["output"], info.si_error)
+    else:
+        d_in, d_out = old["query"][0].shape[1], old["output"][0].shape[0]
+        shapes = {"query": (plan.heads * r, d_in), "key": (plan.kv_heads * r, d_in),
+                  "value": (plan.kv_heads * r, d_in), "output": (d_out, plan.heads * r)}
+        for s in patched_slots:
+            new[s] = _empty_slot(old[s], shapes[s])
+
+    # rebuild every projection (a fused one once) that holds a patched slot
+    paths = {getattr(layout, s).path for s in patched_slots}
+    for path in paths:
+        slots = sorted((s for s in _SLOTS if getattr(layout, s).path == path), key=lambda s: getattr(layout, s).chunk)
+        W = torch.cat([new[s][0] for s in slots])
+        biases = [new[s][1] for s in slots]
+        bias = None if biases[0] is None else torch.cat(biases)
+        _set(module, path, _new_projection(module.get_submodule(path), W, bias))
+
+    if config.init == "default":
+        _default_init(model, module, layout, patched_slots)
+
+    for attr in layout.head_size_attrs:
+        _set(module, attr, r)
+    for attr in layout.width_attrs:
+        _set(module, attr, plan.heads * r)
+    if config.scaling == "rescale":
+        _set(module, layout.scaling_attr, _get(module, layout.scaling_attr) * (plan.head_dim / r) ** 0.5)
+    setattr(module, PATCH_ATTR, info)
+    return info
+
+
+@torch.no_grad()
+def _default_init(model: nn.Module, module: nn.Module, layout: AttentionLayout, patched_slots: set[str]) -> None:
+    """Initialize the patched slots with the model's own `_init_weights`, run on a scratch copy of the
+    attention module so that nothing else in it (relative position tables, unpatched slots) changes."""
+    scratch = copy.deepcopy(module)
+    scratch.apply(model._init_weights)
+    for s in patched_slots:
+        for target, source in zip(_slot(module, getattr(layout, s)), _slot(scratch, getattr(layout, s))):
+            if target is not None:
+                target.copy_(source)
+
+
+def is_fnl_patched(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, CONFIG_ATTR, None) is not None or any(hasattr(m, PATCH_ATTR) for m in model.modules())
+
+
+@torch.no_grad()
+def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) -> nn.Module:
+    """Factorize every targeted attention module of `model` in place (and return it).
+
+    `config` is an FNLConfig; keyword overrides replace its fields, e.g.
+    `fnl_patch(model, rank=0.5, forms=("ov",))`.
+    """
+    config = FNLConfig(**{**(config.__dict__ if config else {}), **overrides})
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    arch = architecture_for(model_type)
+    if is_fnl_patched(model):
+        raise RuntimeError(
+            "this model is already patched by hf_fnl (config.fnl is set); patching twice would factorize the "
+            "factors. Start from the unpatched model, or use hf_fnl.fnl_merge first to get a dense one."
+        )
+    plans = _plan(model, arch, config)  # validates every module before anything changes
+    if not plans:
+        raise ValueError(f"no attention module of this {model_type} model matched target_modules={config.target_modules!r}")
+    if config.init == "spectral":
+        for plan in plans:
+            if any(p.is_meta for p in plan.module.parameters()):
+                raise ValueError(
+                    f"{plan.name} has weights on the meta device, so there is nothing to take an SVD of. Load or "
+                    "materialize the weights first (e.g. from_pretrained without device_map='meta' / init_empty_weights), "
+                    "or use init='default'."
+                )
+    params_before = sum(p.numel() for p in model.parameters())
+    infos = [
+        _patch_module(model, plan, config)
+        for plan in tqdm(plans, desc="fnl_patch", unit="attn", disable=not config.progress)
+    ]
+    setattr(model.config, CONFIG_ATTR, {
+        "version": __version__,
+        **config.to_dict(),
+        "params_before": params_before,
+        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "forms": list(i.forms)} for i in infos},
+    })
+    return model
+
+
+# --------------------------------------------------------------------------- factor pairs
+
+
+@dataclass(frozen=True)
+class HeadBlocks:
+    """The per-head (or per-group) blocks of one factor inside a projection weight.
+
+    `view()` is a view into the parameter of shape (groups, per_group, m, rank): heads are blocks of
+    output features for Q/K/V (`head_rows`, m = in_features, per_group = 1) and blocks of input
+    features for O (m = out_features, per_group = query heads sharing one key/value group).
+    """
+
+    projection: nn.Module
+    head_rows: bool
+    offset: int
+    groups: int
+    per_group: int
+    rank: int
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.projection.weight
+
+    def view(self) -> torch.Tensor:
+        W = _weight_oi(self.projection)
+        if self.head_rows:
+            rows = W[self.offset : self.offset + self.groups * self.rank]
+            return rows.view(self.groups, self.rank, -1).transpose(1, 2).unsqueeze(1)
+        return W.view(W.shape[0], self.groups, self.per_group, self.rank).permute(1, 2, 0, 3)
+
+    def matrix(self) -> torch.Tensor:
+        """(groups, per_group · m, rank): the factor each group's product uses (a copy if per_group > 1)."""
+        return self.view().reshape(self.groups, -1, self.rank)
+
+
+@dataclass(frozen=True)
+class FactorPair:
+    """One form of one attention module: per group g the product A_g B_gᵀ (weights only, no biases)."""
+
+    module_name: str
+    form: str
+    a: HeadBlocks
+    b: HeadBlocks
+
+    def product(self) -> torch.Tensor:
+        return self.a.matrix() @ self.b.matrix().transpose(-1, -2)
+
+
+def _blocks(module: nn.Module, proj: Projection, head_rows: bool, groups: int, per_group: int, rank: int) -> HeadBlocks:
+    projection = module.get_submodule(proj.path)
+    width = _weight_oi(projection).shape[0] // proj.chunks
+    return HeadBlocks(projection, head_rows, proj.chunk * width, groups, per_group, rank)
+
+
+def fnl_factor_pairs(model: nn.Module, forms: tuple[str, ...] = ("qk", "ov")) -> list[FactorPair]:
+    """The factor pairs of a patched model, for per-head Frobenius decay and diagnostics."""
+    pairs = []
+    for name, module in model.named_modules():
+        info: AttentionPatch | None = getattr(module, PATCH_ATTR, None)
+        if info is None:
+            continue
+        L, r = info.layout, info.rank
+        if "qk" in forms and "qk" in info.forms:
+            pairs.append(FactorPair(name, "qk", _blocks(module, L.query, True, info.heads, 1, r),
+                                    _blocks(module, L.key, True, info.kv_heads, 1, r)))
+        if "ov" in forms and "ov" in info.forms:
+            k = info.heads // info.kv_heads
+            pairs.append(FactorPair(name, "ov", _blocks(module, L.value, True, info.kv_heads, 1, r),
+                                    _blocks(module, L.output, False, info.kv_heads, k, r)))
+    return pairs
