@@ -32,11 +32,13 @@ class ProductSVD(NamedTuple):
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """SVD/QR precision for a tensor of `dtype`: float64 stays, everything else runs in float32.
+    """SVD/QR precision for weights of `dtype`: float64 for float32/float64, float32 for bf16/fp16.
 
-    torch has no bf16 SVD, and fp16 would lose the small singular values that decide the rank.
+    torch has no bf16 SVD and fp16 loses the small singular values that decide the rank. float32
+    weights get float64 factorizations so that a full-rank patch reproduces the model to float32
+    rounding (≤1e-5 on logits); the factors are cast back to the weights' dtype.
     """
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
 
 
 def _fix_signs(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

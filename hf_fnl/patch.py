@@ -208,8 +208,9 @@ def _spectral_ov(plan: _Plan, v, o, errors: dict) -> tuple[tuple, tuple]:
     (Wv, bv), (Wo, bo) = v, o
     G, k, d, d_out = plan.kv_heads, plan.heads // plan.kv_heads, Wv.shape[1], Wo.shape[0]
     fold = bv is not None and bo is not None
-    if fold:
-        bo = (bo.float() + Wo.float() @ bv.float()).to(bo.dtype)
+    if fold:  # each query head adds its group's value bias through its own O block
+        bv_per_head = bv.float().reshape(G, 1, -1).expand(G, k, -1).reshape(-1)
+        bo = (bo.float() + Wo.float() @ bv_per_head).to(bo.dtype)
     A = augment_with_bias(_heads_of_rows(Wv, G), None if bv is None or fold else bv.reshape(G, -1))
     B = Wo.reshape(d_out, G, k, -1).permute(1, 2, 0, 3).reshape(G, k * d_out, -1)
     A_r, B_r, S = spectral_product_factors(A, B, plan.rank)
