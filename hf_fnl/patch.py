@@ -173,53 +173,92 @@ def _plan(model: nn.Module, arch: Architecture, config: FNLConfig) -> list[_Plan
 
 
 def _heads_of_rows(W: torch.Tensor, groups: int) -> torch.Tensor:
-    """(groups·d_h, d) projection rows → per-head factors (groups, d, d_h)."""
-    return W.reshape(groups, -1, W.shape[1]).transpose(1, 2)
+    """(…, groups·d_h, d) projection rows → per-head factors (…, groups, d, d_h)."""
+    return W.unflatten(-2, (groups, -1)).transpose(-1, -2)
 
 
 def _rows_of_heads(F: torch.Tensor) -> torch.Tensor:
-    """Inverse of _heads_of_rows: (groups, d, r) → (groups·r, d)."""
-    return F.transpose(1, 2).reshape(-1, F.shape[1])
+    """Inverse of _heads_of_rows: (…, groups, d, r) → (…, groups·r, d)."""
+    return F.transpose(-1, -2).flatten(-3, -2)
 
 
 def _split_bias(F: torch.Tensor, d: int, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Bias-augmented factor (groups, d(+1), r) → (projection rows, bias)."""
-    return _rows_of_heads(F[:, :d]), (F[:, d].reshape(-1) if has_bias else None)
+    """Bias-augmented factors (…, groups, d(+1), r) → (projection rows, bias)."""
+    return _rows_of_heads(F[..., :d, :]), (F[..., d, :].flatten(-2) if has_bias else None)
 
 
-def _spectral_qk(plan: _Plan, q, k, errors: dict) -> tuple[tuple, tuple]:
-    """SI of the affine QK form [x, 1] [Q_h; b_q,hᵀ] [K_h; b_k,hᵀ]ᵀ [x, 1]ᵀ per head."""
+def _spectral_qk(rank: int, heads: int, q, k):
+    """SI of the affine QK form [x, 1] [Q_h; b_q,hᵀ] [K_h; b_k,hᵀ]ᵀ [x, 1]ᵀ of every head.
+
+    Slots are stacked over modules: W (N, heads·d_h, d), bias (N, heads·d_h) or None.
+    """
     (Wq, bq), (Wk, bk) = q, k
-    H, d = plan.heads, Wq.shape[1]
-    A = augment_with_bias(_heads_of_rows(Wq, H), None if bq is None else bq.reshape(H, -1))
-    B = augment_with_bias(_heads_of_rows(Wk, H), None if bk is None else bk.reshape(H, -1))
-    A_r, B_r, S = spectral_product_factors(A, B, plan.rank)
-    errors["qk"] = relative_tail_error(S, plan.rank)
-    return _split_bias(A_r, d, bq is not None), _split_bias(B_r, d, bk is not None)
+    d = Wq.shape[-1]
+    A = augment_with_bias(_heads_of_rows(Wq, heads), None if bq is None else bq.unflatten(-1, (heads, -1)))
+    B = augment_with_bias(_heads_of_rows(Wk, heads), None if bk is None else bk.unflatten(-1, (heads, -1)))
+    A_r, B_r, S = spectral_product_factors(A, B, rank)
+    return _split_bias(A_r, d, bq is not None), _split_bias(B_r, d, bk is not None), S
 
 
-def _spectral_ov(plan: _Plan, v, o, errors: dict) -> tuple[tuple, tuple]:
+def _spectral_ov(rank: int, heads: int, kv_heads: int, v, o):
     """SI of the OV form of each key/value group g: V_g [O_h1 … O_hk]ᵀ over the query heads sharing V_g.
 
     The value bias only adds the constant Σ_h O_h b_v,h after the softmax average (whose rows sum
     to 1), so it is folded exactly into the output bias where there is one and set to zero;
-    without an output bias it joins V as an augmented row instead.
+    without an output bias it joins V as an augmented row instead. Slots are stacked over modules.
     """
     (Wv, bv), (Wo, bo) = v, o
-    G, k, d, d_out = plan.kv_heads, plan.heads // plan.kv_heads, Wv.shape[1], Wo.shape[0]
+    G, k, d = kv_heads, heads // kv_heads, Wv.shape[-1]
     fold = bv is not None and bo is not None
     if fold:  # each query head adds its group's value bias through its own O block
-        bv_per_head = bv.float().reshape(G, 1, -1).expand(G, k, -1).reshape(-1)
-        bo = (bo.float() + Wo.float() @ bv_per_head).to(bo.dtype)
-    A = augment_with_bias(_heads_of_rows(Wv, G), None if bv is None or fold else bv.reshape(G, -1))
-    B = Wo.reshape(d_out, G, k, -1).permute(1, 2, 0, 3).reshape(G, k * d_out, -1)
-    A_r, B_r, S = spectral_product_factors(A, B, plan.rank)
-    errors["ov"] = relative_tail_error(S, plan.rank)
+        bv_per_head = bv.float().unflatten(-1, (G, 1, -1)).expand(*bv.shape[:-1], G, k, -1).flatten(-3)
+        bo = (bo.float() + (Wo.float() @ bv_per_head.unsqueeze(-1)).squeeze(-1)).to(bo.dtype)
+    A = augment_with_bias(_heads_of_rows(Wv, G), None if bv is None or fold else bv.unflatten(-1, (G, -1)))
+    B = Wo.unflatten(-1, (G, k, -1)).movedim(-4, -2).flatten(-3, -2)  # (N, G, k·d_out, d_h)
+    A_r, B_r, S = spectral_product_factors(A, B, rank)
     new_v = _split_bias(A_r, d, bv is not None and not fold)
     if fold:
-        new_v = (new_v[0], torch.zeros(G * plan.rank, dtype=bv.dtype, device=bv.device))
-    new_o = (B_r.reshape(G, k, d_out, plan.rank).permute(2, 0, 1, 3).reshape(d_out, -1), bo)
-    return new_v, new_o
+        new_v = (new_v[0], torch.zeros(new_v[0].shape[:-1], dtype=bv.dtype, device=bv.device))
+    new_o = (B_r.unflatten(-2, (k, -1)).movedim(-2, -4).flatten(-3), bo)  # (N, d_out, heads·r)
+    return new_v, new_o, S
+
+
+# Weights stacked per QR/SVD batch. On CPU a batch should stay cache-sized (16 MB in float64): a
+# whole-model stack made BERT-large's patch 2.5x slower, memory-bound in the elementwise steps.
+# On a GPU large batches mean fewer kernel launches (512 MB in float64).
+_SI_BATCH_ELEMENTS = {"cpu": 2**21, "default": 2**26}
+
+
+def _spectral_init(plans: list[_Plan], olds: list[dict]):
+    """SI of every planned module, yielding (index, new slots, relative errors) per module.
+
+    Modules with the same shapes (usually every layer) are stacked, so one batched QR/SVD call
+    serves many layers: fewer LAPACK calls on CPU, fewer kernel launches on GPU.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, (plan, old) in enumerate(zip(plans, olds)):
+        key = (plan.rank, plan.heads, plan.kv_heads, plan.forms,
+               tuple((tuple(W.shape), W.dtype, W.device, b is None) for W, b in old.values()))
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        plan = plans[members[0]]
+        per_module = sum(W.numel() for W, _ in olds[members[0]].values())
+        device = olds[members[0]]["query"][0].device.type
+        step = max(1, _SI_BATCH_ELEMENTS.get(device, _SI_BATCH_ELEMENTS["default"]) // per_module)
+        for chunk in (members[j : j + step] for j in range(0, len(members), step)):
+            def stacked(s):
+                W, b = zip(*(olds[i][s] for i in chunk))
+                return torch.stack(W), (None if b[0] is None else torch.stack(b))
+
+            new, S = {}, {}
+            if "qk" in plan.forms:
+                new["query"], new["key"], S["qk"] = _spectral_qk(plan.rank, plan.heads, stacked("query"), stacked("key"))
+            if "ov" in plan.forms:
+                new["value"], new["output"], S["ov"] = _spectral_ov(
+                    plan.rank, plan.heads, plan.kv_heads, stacked("value"), stacked("output"))
+            for j, i in enumerate(chunk):
+                slots = {s: (W[j], None if b is None else b[j]) for s, (W, b) in new.items()}
+                yield i, {**olds[i], **slots}, {f: relative_tail_error(S[f][j], plan.rank) for f in S}
 
 
 def _empty_slot(slot: tuple, shape: tuple[int, int]) -> tuple:
@@ -232,28 +271,25 @@ def _empty_slot(slot: tuple, shape: tuple[int, int]) -> tuple:
 # --------------------------------------------------------------------------- patching
 
 
-def _patch_module(model: nn.Module, plan: _Plan, config: FNLConfig) -> AttentionPatch:
+def _default_slots(plan: _Plan, old: dict) -> dict:
+    """Uninitialized slots of the patched shapes, for init='default' to fill."""
+    r, d_in, d_out = plan.rank, old["query"][0].shape[1], old["output"][0].shape[0]
+    shapes = {"query": (plan.heads * r, d_in), "key": (plan.kv_heads * r, d_in),
+              "value": (plan.kv_heads * r, d_in), "output": (d_out, plan.heads * r)}
+    return {**old, **{s: _empty_slot(old[s], shapes[s]) for f in plan.forms for s in _FORM_SLOTS[f]}}
+
+
+def _patch_module(model: nn.Module, plan: _Plan, config: FNLConfig, old: dict, new: dict,
+                  si_error: dict[str, float]) -> AttentionPatch:
+    """Install the new slots in the module and set its head-size attributes."""
     layout, module, r = plan.layout, plan.module, plan.rank
-    old = {s: _slot(module, getattr(layout, s)) for s in _SLOTS}
     patched_slots = {s for f in plan.forms for s in _FORM_SLOTS[f]}
-    info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads)
+    info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads, si_error)
     for form in plan.forms:
         info.params_before[form] = sum(_slot_params(*old[s]) for s in _FORM_SLOTS[form])
 
-    new = dict(old)
-    if config.init == "spectral":
-        if "query" in patched_slots:
-            new["query"], new["key"] = _spectral_qk(plan, old["query"], old["key"], info.si_error)
-        if "value" in patched_slots:
-            new["value"], new["output"] = _spectral_ov(plan, old["value"], old["output"], info.si_error)
-    else:
-        d_in, d_out = old["query"][0].shape[1], old["output"][0].shape[0]
-        shapes = {"query": (plan.heads * r, d_in), "key": (plan.kv_heads * r, d_in),
-                  "value": (plan.kv_heads * r, d_in), "output": (d_out, plan.heads * r)}
-        for s in patched_slots:
-            new[s] = _empty_slot(old[s], shapes[s])
-
-    # rebuild every projection (a fused one once) that holds a patched slot
+    # rebuild every projection (a fused one once) that holds a patched slot; cat copies, so no
+    # parameter shares storage with the stacked SI batch
     paths = {getattr(layout, s).path for s in patched_slots}
     for path in paths:
         slots = sorted((s for s in _SLOTS if getattr(layout, s).path == path), key=lambda s: getattr(layout, s).chunk)
@@ -319,10 +355,14 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
                     "or use init='default'."
                 )
     params_before = sum(p.numel() for p in model.parameters())
-    infos = [
-        _patch_module(model, plan, config)
-        for plan in tqdm(plans, desc="fnl_patch", unit="attn", disable=not config.progress)
-    ]
+    olds = [{s: _slot(plan.module, getattr(plan.layout, s)) for s in _SLOTS} for plan in plans]
+    if config.init == "spectral":
+        initialized = _spectral_init(plans, olds)
+    else:
+        initialized = ((i, _default_slots(plan, old), {}) for i, (plan, old) in enumerate(zip(plans, olds)))
+    infos = [None] * len(plans)
+    for i, new, errors in tqdm(initialized, total=len(plans), desc="fnl_patch", unit="attn", disable=not config.progress):
+        infos[i] = _patch_module(model, plans[i], config, olds[i], new, errors)
     setattr(model.config, CONFIG_ATTR, {
         "version": __version__,
         **config.to_dict(),
