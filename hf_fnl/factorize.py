@@ -142,3 +142,42 @@ def relative_tail_error(S: torch.Tensor, rank: int) -> float:
     if total == 0:
         return 0.0
     return float((energy[..., rank:].sum() / total).sqrt())
+
+
+# --------------------------------------------------------------------------- Frobenius decay
+# Factors may carry an extra "stack" dimension: A (…, k, m, r) holds k blocks whose row-stack is the
+# factor (a GQA group's output blocks O_h1 … O_hk). Gram matrices then sum over the blocks.
+
+
+def gram(F: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+    """FᵀF of each factor (…, m, r) → (…, r, r); with `stacked`, of the row-stack of dim −3's blocks."""
+    G = F.transpose(-1, -2) @ F
+    return G.sum(-3) if stacked else G
+
+
+def frobenius_penalty(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+    """Σ_batch ½‖A Bᵀ‖_F² in the Gram form ½ tr((AᵀA)(BᵀB)), O((m + n) r²), differentiable.
+
+    With `stacked`, A and B are (…, k, m, r) block stacks (see `gram`)."""
+    return 0.5 * (gram(A, stacked) * gram(B, stacked)).sum()
+
+
+def frobenius_decay_grads(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Analytic gradients of `frobenius_penalty`: (A (BᵀB), B (AᵀA)), shaped like A and B."""
+    Ga, Gb = gram(A, stacked), gram(B, stacked)
+    if stacked:
+        Ga, Gb = Ga.unsqueeze(-3), Gb.unsqueeze(-3)
+    return A @ Gb, B @ Ga
+
+
+def product_norms(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius and nuclear norms of each product A Bᵀ from r×r Grams only (no large SVD).
+
+    The singular values of A Bᵀ are the square roots of the eigenvalues of Ga^½ Gb Ga^½.
+    Returns two tensors of the batch shape; computed in float64 (float32 on MPS)."""
+    dtype = compute_dtype(A)
+    Ga, Gb = gram(A.to(dtype), stacked), gram(B.to(dtype), stacked)
+    w, E = torch.linalg.eigh(Ga)
+    root = (E * w.clamp_min(0).sqrt().unsqueeze(-2)) @ E.transpose(-1, -2)
+    ev = torch.linalg.eigvalsh(root @ Gb @ root).clamp_min(0)
+    return ev.sum(-1).sqrt(), ev.sqrt().sum(-1)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from . import __version__
+from .blocks import BlockLayout
 from .architectures import Architecture, AttentionLayout, Projection, architecture_for
 from .config import FNLConfig, resolve_rank
 from .factorize import augment_with_bias, relative_tail_error, spectral_product_factors
@@ -380,31 +381,24 @@ class HeadBlocks:
     """The per-head (or per-group) blocks of one factor inside a projection weight.
 
     `view()` is a view into the parameter of shape (groups, per_group, m, rank): heads are blocks of
-    output features for Q/K/V (`head_rows`, m = in_features, per_group = 1) and blocks of input
-    features for O (m = out_features, per_group = query heads sharing one key/value group).
+    output features for Q/K/V (m = in_features, per_group = 1) and blocks of input features for O
+    (m = out_features, per_group = query heads sharing one key/value group).
     """
 
     projection: nn.Module
-    head_rows: bool
-    offset: int
-    groups: int
-    per_group: int
-    rank: int
+    layout: BlockLayout
 
     @property
     def weight(self) -> nn.Parameter:
         return self.projection.weight
 
-    def view(self) -> torch.Tensor:
-        W = _weight_oi(self.projection)
-        if self.head_rows:
-            rows = W[self.offset : self.offset + self.groups * self.rank]
-            return rows.view(self.groups, self.rank, -1).transpose(1, 2).unsqueeze(1)
-        return W.view(W.shape[0], self.groups, self.per_group, self.rank).permute(1, 2, 0, 3)
+    def view(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """The blocks of the weight, or of `tensor` shaped like it (a gradient, an optimizer buffer)."""
+        return self.layout.view(self.weight if tensor is None else tensor)
 
     def matrix(self) -> torch.Tensor:
         """(groups, per_group · m, rank): the factor each group's product uses (a copy if per_group > 1)."""
-        return self.view().reshape(self.groups, -1, self.rank)
+        return self.view().reshape(self.layout.groups, -1, self.layout.rank)
 
 
 @dataclass(frozen=True)
@@ -423,7 +417,8 @@ class FactorPair:
 def _blocks(module: nn.Module, proj: Projection, head_rows: bool, groups: int, per_group: int, rank: int) -> HeadBlocks:
     projection = module.get_submodule(proj.path)
     width = _weight_oi(projection).shape[0] // proj.chunks
-    return HeadBlocks(projection, head_rows, proj.chunk * width, groups, per_group, rank)
+    layout = BlockLayout(isinstance(projection, Conv1D), head_rows, proj.chunk * width, groups, per_group, rank)
+    return HeadBlocks(projection, layout)
 
 
 def fnl_factor_pairs(model: nn.Module, forms: tuple[str, ...] = ("qk", "ov")) -> list[FactorPair]:
