@@ -5,15 +5,34 @@ __version__ = "0.1.0"
 from .architectures import ARCHITECTURES, supported_model_types  # noqa: E402
 from .config import FNLConfig  # noqa: E402
 from .patch import FactorPair, HeadBlocks, fnl_factor_pairs, fnl_patch, is_fnl_patched  # noqa: E402
+from .regularize import fd_penalty, form_norms  # noqa: E402
 from .summary import FNLSummary, fnl_summary, print_fnl_summary  # noqa: E402
 
+_LAZY = {  # importing transformers.Trainer is slow: load the trainer module on first use
+    "FNLTrainer": "trainer",
+    "FNLTrainingArguments": "trainer",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_fnl' has no attribute {name!r}")
+
+
 __all__ = [
+    "FNLTrainer",
+    "FNLTrainingArguments",
     "ARCHITECTURES",
     "FNLConfig",
     "FNLSummary",
     "FactorPair",
     "HeadBlocks",
+    "fd_penalty",
     "fnl_factor_pairs",
+    "form_norms",
     "fnl_patch",
     "fnl_summary",
     "print_fnl_summary",
