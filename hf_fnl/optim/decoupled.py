@@ -103,17 +103,21 @@ class DecoupledDecayAdam(Optimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
-        update = torch._foreach_sqrt(exp_avg_sqs)
+        # u = m̂/(√v̂ + eps) + wd·p  =  c·m/(√v + eps·√bc2) + wd·p  with c = √bc2/bc1 (one pass fewer per term)
         if group["bias_correction"]:
-            torch._foreach_div_(update, [math.sqrt(1 - beta2**t) for t in steps])
-        torch._foreach_add_(update, group["eps"])
-        torch._foreach_div_(update, exp_avgs)  # (√v̂ + eps) / m
-        torch._foreach_reciprocal_(update)  # m / (√v̂ + eps): no temporary list for the division
-        if group["bias_correction"]:
-            torch._foreach_div_(update, [1 - beta1**t for t in steps])
-
+            root_bc2 = [math.sqrt(1 - beta2**t) for t in steps]
+            scale = [r / (1 - beta1**t) for r, t in zip(root_bc2, steps)]
+        else:
+            root_bc2, scale = [1.0] * len(steps), [1.0] * len(steps)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, [group["eps"] * r for r in root_bc2])
         if wd != 0:
-            torch._foreach_add_(update, params, alpha=wd)
+            update = torch._foreach_mul(params, wd)
+            torch._foreach_addcdiv_(update, exp_avgs, denom, scale)
+        else:
+            update = torch._foreach_div(exp_avgs, denom)
+            torch._foreach_mul_(update, scale)
+        del denom
         if group["fd_pairs"]:
             self._add_frobenius_decay(group, dict(zip(index, update)), wd, fd)
 
@@ -128,8 +132,7 @@ class DecoupledDecayAdam(Optimizer):
             if fd != 0:
                 decayed[[k for k, i in enumerate(index) if any(i in (ia, ib) for ia, _, ib, _ in group["fd_pairs"])]] = True
             ratio = torch.where(decayed, ratio, torch.ones_like(ratio))
-        torch._foreach_mul_(update, list((ratio * -group["lr"]).unbind()))
-        torch._foreach_add_(params, update)
+        torch._foreach_addcmul_(params, update, list((ratio * -group["lr"]).unbind()))  # p += (−lr·trust)·u
         return ratio
 
     @staticmethod
