@@ -125,49 +125,54 @@ def fnl_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, Attent
 
 
 def _plan(model: nn.Module, arch: Architecture, config: FNLConfig) -> list[_Plan]:
-    plans = []
-    for name, module, layout in fnl_attention_modules(model):
-        if not config.targets(name):
-            continue
-        head_dim = int(_get(module, layout.head_size_attrs[0]))
-        Wq, _ = _slot(module, layout.query)
-        Wk, _ = _slot(module, layout.key)
-        Wv, _ = _slot(module, layout.value)
-        Wo, _ = _slot(module, layout.output)
-        heads, kv_heads = Wq.shape[0] // head_dim, Wk.shape[0] // head_dim
-        if Wq.shape[0] % head_dim or Wk.shape != Wv.shape or Wo.shape[1] != Wq.shape[0] or heads % kv_heads:
-            raise RuntimeError(
-                f"{name}: projection shapes q {tuple(Wq.shape)}, k {tuple(Wk.shape)}, v {tuple(Wv.shape)}, "
-                f"o {tuple(Wo.shape)} do not fit head size {head_dim}; is the architecture row for "
-                f"{model.config.model_type!r} still right for this transformers version?"
-            )
-        rank = resolve_rank(config.rank_for(name), head_dim, where=name)
-        forms = tuple(f for f in config.forms if not (arch.rope and f == "qk"))
-        if not forms:
+    return [
+        _plan_module(arch, name, module, layout, config.rank_for(name), config.forms)
+        for name, module, layout in fnl_attention_modules(model)
+        if config.targets(name)
+    ]
+
+
+def _plan_module(arch: Architecture, name: str, module: nn.Module, layout: AttentionLayout,
+                 rank_spec: int | float, config_forms: tuple[str, ...]) -> _Plan:
+    """Validate one module's patch (raises with what to do) and fix its rank, heads and forms."""
+    head_dim = int(_get(module, layout.head_size_attrs[0]))
+    Wq, _ = _slot(module, layout.query)
+    Wk, _ = _slot(module, layout.key)
+    Wv, _ = _slot(module, layout.value)
+    Wo, _ = _slot(module, layout.output)
+    heads, kv_heads = Wq.shape[0] // head_dim, Wk.shape[0] // head_dim
+    if Wq.shape[0] % head_dim or Wk.shape != Wv.shape or Wo.shape[1] != Wq.shape[0] or heads % kv_heads:
+        raise RuntimeError(
+            f"{name}: projection shapes q {tuple(Wq.shape)}, k {tuple(Wk.shape)}, v {tuple(Wv.shape)}, "
+            f"o {tuple(Wo.shape)} do not fit head size {head_dim}; is the architecture row {arch.name!r} "
+            "still right for this transformers version?"
+        )
+    rank = resolve_rank(rank_spec, head_dim, where=name)
+    forms = tuple(f for f in config_forms if not (arch.rope and f == "qk"))
+    if not forms:
+        raise ValueError(
+            f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so its QK "
+            "form is not a fixed bilinear form and is left as it is; forms=('qk',) leaves nothing to patch. "
+            "Use forms=('ov',) or ('qk', 'ov')."
+        )
+    if rank < head_dim:
+        if arch.rope:
             raise ValueError(
-                f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so its QK "
-                "form is not a fixed bilinear form and is left as it is; forms=('qk',) leaves nothing to patch. "
-                "Use forms=('ov',) or ('qk', 'ov')."
+                f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so a QK "
+                f"rank below the head size ({rank} < {head_dim}) has no spectral meaning, and the stock forward "
+                "needs one head size for QK and OV. Use rank=1.0 (full-rank factor pairs, e.g. for Frobenius "
+                "decay on the OV forms)."
             )
-        if rank < head_dim:
-            if arch.rope:
-                raise ValueError(
-                    f"{name}: {arch.name} applies rotary position embeddings to the query/key head basis, so a QK "
-                    f"rank below the head size ({rank} < {head_dim}) has no spectral meaning, and the stock forward "
-                    "needs one head size for QK and OV. Use rank=1.0 (full-rank factor pairs, e.g. for Frobenius "
-                    "decay on the OV forms)."
-                )
-            missing = [f for f in ("qk", "ov") if f not in config.forms]
-            if missing:
-                raise ValueError(
-                    f"{name}: rank {rank} < head size {head_dim} for forms {config.forms} would need the "
-                    f"{'/'.join(missing)} form at full rank beside it, but the stock attention forward has one head "
-                    "size for queries, keys and values. Patch both forms (forms=('qk', 'ov')) or use rank=1.0."
-                )
-        if "qk" in forms and kv_heads != heads:
-            raise ValueError(f"{name}: a QK form with grouped key heads ({kv_heads} for {heads} query heads) is not supported")
-        plans.append(_Plan(name, module, layout, head_dim, rank, heads, kv_heads, forms))
-    return plans
+        missing = [f for f in ("qk", "ov") if f not in config_forms]
+        if missing:
+            raise ValueError(
+                f"{name}: rank {rank} < head size {head_dim} for forms {config_forms} would need the "
+                f"{'/'.join(missing)} form at full rank beside it, but the stock attention forward has one head "
+                "size for queries, keys and values. Patch both forms (forms=('qk', 'ov')) or use rank=1.0."
+            )
+    if "qk" in forms and kv_heads != heads:
+        raise ValueError(f"{name}: a QK form with grouped key heads ({kv_heads} for {heads} query heads) is not supported")
+    return _Plan(name, module, layout, head_dim, rank, heads, kv_heads, forms)
 
 
 # --------------------------------------------------------------------------- spectral initialization
@@ -280,14 +285,17 @@ def _default_slots(plan: _Plan, old: dict) -> dict:
     return {**old, **{s: _empty_slot(old[s], shapes[s]) for f in plan.forms for s in _FORM_SLOTS[f]}}
 
 
-def _patch_module(model: nn.Module, plan: _Plan, config: FNLConfig, old: dict, new: dict,
-                  si_error: dict[str, float]) -> AttentionPatch:
+def _patched_slots(plan: _Plan) -> set[str]:
+    return {s for f in plan.forms for s in _FORM_SLOTS[f]}
+
+
+def _patch_module(plan: _Plan, scaling: str, new: dict, si_error: dict[str, float],
+                  params_before: dict[str, int]) -> AttentionPatch:
     """Install the new slots in the module and set its head-size attributes."""
     layout, module, r = plan.layout, plan.module, plan.rank
-    patched_slots = {s for f in plan.forms for s in _FORM_SLOTS[f]}
-    info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads, si_error)
-    for form in plan.forms:
-        info.params_before[form] = sum(_slot_params(*old[s]) for s in _FORM_SLOTS[form])
+    patched_slots = _patched_slots(plan)
+    info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads,
+                          dict(si_error), dict(params_before))
 
     # rebuild every projection (a fused one once) that holds a patched slot; cat copies, so no
     # parameter shares storage with the stacked SI batch
@@ -299,14 +307,11 @@ def _patch_module(model: nn.Module, plan: _Plan, config: FNLConfig, old: dict, n
         bias = None if biases[0] is None else torch.cat(biases)
         _set(module, path, _new_projection(module.get_submodule(path), W, bias))
 
-    if config.init == "default":
-        _default_init(model, module, layout, patched_slots)
-
     for attr in layout.head_size_attrs:
         _set(module, attr, r)
     for attr in layout.width_attrs:
         _set(module, attr, plan.heads * r)
-    if config.scaling == "rescale":
+    if scaling == "rescale":
         _set(module, layout.scaling_attr, _get(module, layout.scaling_attr) * (plan.head_dim / r) ** 0.5)
     setattr(module, PATCH_ATTR, info)
     return info
@@ -363,14 +368,46 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
         initialized = ((i, _default_slots(plan, old), {}) for i, (plan, old) in enumerate(zip(plans, olds)))
     infos = [None] * len(plans)
     for i, new, errors in tqdm(initialized, total=len(plans), desc="fnl_patch", unit="attn", disable=not config.progress):
-        infos[i] = _patch_module(model, plans[i], config, olds[i], new, errors)
+        plan = plans[i]
+        before = {f: sum(_slot_params(*olds[i][s]) for s in _FORM_SLOTS[f]) for f in plan.forms}
+        infos[i] = _patch_module(plan, config.scaling, new, errors, before)
+        if config.init == "default":
+            _default_init(model, plan.module, plan.layout, _patched_slots(plan))
     setattr(model.config, CONFIG_ATTR, {
         "version": __version__,
         **config.to_dict(),
         "params_before": params_before,
-        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "forms": list(i.forms)} for i in infos},
+        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "forms": list(i.forms),
+                             "si_error": i.si_error, "params_before": i.params_before} for i in infos},
+        "load_with": "pip install hf-fnl; hf_fnl.from_pretrained(path) (or transformers' from_pretrained after import hf_fnl)",
     })
     return model
+
+
+def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
+    """Rebuild the patched structure that `spec` (a saved config.fnl) describes, without computing
+    anything: projections get the patched shapes with uninitialized weights, for a checkpoint to
+    fill. Modules already patched are left alone. Returns the number of modules patched now.
+
+    Module names are matched as saved, or with the model's base_model_prefix added or removed
+    (a task model's checkpoint loaded into its base model, or the reverse)."""
+    arch = architecture_for(getattr(model.config, "model_type", None))
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    saved = spec["modules"]
+    patched = 0
+    for name, module, layout in fnl_attention_modules(model):
+        if hasattr(module, PATCH_ATTR):
+            continue
+        entry = saved.get(name) or saved.get(f"{prefix}.{name}") or (
+            saved.get(name.removeprefix(prefix + ".")) if prefix and name.startswith(prefix + ".") else None)
+        if entry is None:
+            continue
+        plan = _plan_module(arch, name, module, layout, int(entry["rank"]), tuple(entry["forms"]))
+        olds = {s: _slot(module, getattr(layout, s)) for s in _SLOTS}
+        _patch_module(plan, spec.get("scaling", "original"), _default_slots(plan, olds),
+                      entry.get("si_error", {}), entry.get("params_before", {}))
+        patched += 1
+    return patched
 
 
 # --------------------------------------------------------------------------- factor pairs
