@@ -5,8 +5,11 @@ __version__ = "0.1.0"
 from .architectures import ARCHITECTURES, supported_model_types  # noqa: E402
 from .config import FNLConfig  # noqa: E402
 from .patch import FactorPair, HeadBlocks, fnl_factor_pairs, fnl_patch, is_fnl_patched  # noqa: E402
+from .hub import fnl_merge, fnl_model_card, fnl_push_to_hub, from_pretrained, install_load_hook  # noqa: E402
 from .regularize import fd_penalty, form_norms  # noqa: E402
 from .summary import FNLSummary, fnl_summary, print_fnl_summary  # noqa: E402
+
+install_load_hook()  # models built from a config with an "fnl" section get the patched shapes
 
 _LAZY = {  # importing transformers.Trainer is slow: load the trainer module on first use
     "FNLTrainer": "trainer",
@@ -32,6 +35,10 @@ __all__ = [
     "HeadBlocks",
     "fd_penalty",
     "fnl_factor_pairs",
+    "fnl_merge",
+    "fnl_model_card",
+    "fnl_push_to_hub",
+    "from_pretrained",
     "form_norms",
     "fnl_patch",
     "fnl_summary",
