@@ -5,7 +5,9 @@ __version__ = "0.1.0"
 from .architectures import ARCHITECTURES, supported_model_types  # noqa: E402
 from .config import FNLConfig  # noqa: E402
 from .patch import FactorPair, HeadBlocks, fnl_factor_pairs, fnl_patch, is_fnl_patched  # noqa: E402
-from .hub import fnl_merge, fnl_model_card, fnl_push_to_hub, from_pretrained, install_load_hook  # noqa: E402
+from .hub import (  # noqa: E402
+    export_vanilla, fnl_merge, fnl_model_card, fnl_push_to_hub, from_pretrained, install_load_hook, save_self_contained, save_with_card,
+)
 from .regularize import fd_penalty, form_norms  # noqa: E402
 from .summary import FNLSummary, fnl_summary, print_fnl_summary  # noqa: E402
 
@@ -35,6 +37,7 @@ __all__ = [
     "HeadBlocks",
     "fd_penalty",
     "fnl_factor_pairs",
+    "export_vanilla",
     "fnl_merge",
     "fnl_model_card",
     "fnl_push_to_hub",
@@ -43,6 +46,8 @@ __all__ = [
     "fnl_patch",
     "fnl_summary",
     "print_fnl_summary",
+    "save_self_contained",
+    "save_with_card",
     "is_fnl_patched",
     "supported_model_types",
 ]

@@ -44,6 +44,7 @@ class Architecture:
     model_types: tuple[str, ...]
     layouts: tuple[AttentionLayout, ...]  # tried in order; the first whose projections all exist wins
     rope: bool = False  # rotary embeddings rotate the QK head basis: the QK form is not a fixed bilinear form
+    head_size_config: str | None = None  # config field that sets the head size, if any (export_vanilla)
 
 
 def _separate(q: str, k: str, v: str, o: str, head_size_attrs, width_attrs=(), scaling_attr="scaling"):
@@ -76,6 +77,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "T5 (self and cross attention; scaling 1.0)",
         ("t5", "mt5"),
         (_separate("q", "k", "v", "o", ["key_value_proj_dim"], ["inner_dim"]),),
+        head_size_config="d_kv",
     ),
     Architecture(
         "GPT-2 (fused Conv1D c_attn)",
@@ -92,6 +94,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "ViT",
         ("vit",),
         (_separate(*_PROJ, "o_proj", ["head_dim"]),),
+        head_size_config="head_dim",
     ),
     Architecture(
         "Llama family (RoPE, grouped-query attention)",

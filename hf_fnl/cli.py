@@ -10,7 +10,7 @@ import torch
 
 from . import __version__
 from .config import FNLConfig
-from .hub import fnl_push_to_hub, save_with_card
+from .hub import fnl_push_to_hub, save_self_contained, save_with_card
 from .patch import fnl_patch
 from .summary import print_fnl_summary
 
@@ -31,7 +31,8 @@ def compress(args: argparse.Namespace) -> None:
     fnl_patch(model, config)
     print_fnl_summary(model)
     command = "hf-fnl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    save_with_card(model, args.out, base_model=args.model, command=command)
+    save = save_self_contained if args.self_contained else save_with_card
+    save(model, args.out, base_model=args.model, command=command)
     print(f"saved to {args.out}")
     if args.push_to_hub:
         fnl_push_to_hub(model, args.push_to_hub, base_model=args.model, command=command)
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     c.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights; runs code on load")
     c.add_argument("--out", required=True)
+    c.add_argument("--self-contained", action="store_true",
+                   help="also write modeling_fnl.py + auto_map: loadable with trust_remote_code=True without hf-fnl")
     c.add_argument("--push-to-hub", metavar="REPO", default=None)
     args = parser.parse_args(argv)
     compress(args)

@@ -28,7 +28,8 @@ from . import __version__
 from .patch import CONFIG_ATTR, PATCH_ATTR, _get, _new_projection, _set, _slot, apply_fnl_spec
 from .summary import fnl_summary
 
-__all__ = ["from_pretrained", "fnl_merge", "fnl_model_card", "fnl_push_to_hub", "install_load_hook", "save_with_card"]
+__all__ = ["from_pretrained", "fnl_merge", "export_vanilla", "fnl_model_card", "fnl_push_to_hub", "install_load_hook", "save_self_contained",
+           "save_with_card"]
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download")
 
@@ -140,6 +141,97 @@ def fnl_merge(model: nn.Module, inplace: bool = False) -> nn.Module:
         delattr(module, PATCH_ATTR)
     delattr(model.config, CONFIG_ATTR)
     return model
+
+
+@torch.no_grad()
+def export_vanilla(model: nn.Module) -> nn.Module:
+    """A vanilla transformers model whose config states the reduced head size (T5's d_kv, ViT's
+    head_dim): the rank-r model without hf_fnl and without zero padding, same outputs. Needs one
+    rank for every attention module, all patched; other architectures: use fnl_merge."""
+    from .architectures import architecture_for
+    from .patch import fnl_attention_modules
+
+    spec = getattr(model.config, CONFIG_ATTR, None)
+    if spec is None:
+        raise ValueError("this model is not patched by hf_fnl: there is nothing to export")
+    field = architecture_for(model.config.model_type).head_size_config
+    if field is None:
+        raise ValueError(f"{model.config.model_type} configs cannot state a head size apart from hidden_size/heads; "
+                         "use hf_fnl.fnl_merge for a vanilla model (zero-padded heads, same outputs)")
+    attention = fnl_attention_modules(model)
+    ranks = {getattr(m, PATCH_ATTR).rank for _, m, _ in attention if hasattr(m, PATCH_ATTR)}
+    if len(ranks) != 1 or not all(hasattr(m, PATCH_ATTR) for _, m, _ in attention):
+        raise ValueError(f"export_vanilla needs every attention module patched at one rank (found ranks {sorted(ranks)}); "
+                         "use hf_fnl.fnl_merge instead")
+    config = copy.deepcopy(model.config)
+    delattr(config, CONFIG_ATTR)
+    setattr(config, field, ranks.pop())
+    vanilla = type(model)(config).to(next(model.parameters()).dtype)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, module, layout in attention:
+        # vanilla computes softmax(s_v q·k), the patched model s_p q·k: fold s_p/s_v into the query projection
+        factor = _get(module, layout.scaling_attr) / _get(vanilla.get_submodule(name), layout.scaling_attr)
+        for key in (f"{name}.{layout.query.path}.weight", f"{name}.{layout.query.path}.bias"):
+            if factor != 1.0 and key in state:
+                state[key] *= factor
+    vanilla.load_state_dict(state)
+    return vanilla.train(model.training)
+
+
+# --------------------------------------------------------------------------- self-contained export
+
+_AUTO_MAPPINGS = {  # Auto class → the name table transformers keeps for it
+    "AutoModel": "MODEL_MAPPING_NAMES",
+    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+}
+
+
+def save_self_contained(model: nn.Module, directory: str, **card_kwargs) -> None:
+    """Save a patched model so that transformers alone loads it:
+    `AutoModel….from_pretrained(directory, trust_remote_code=True)` on a machine without hf_fnl.
+
+    Writes the weights, the card, modeling_fnl.py (hf_fnl/standalone.py plus subclasses of the
+    saved class and of its base model whose post_init rebuilds the patched shapes) and an
+    `auto_map` in config.json pointing the matching Auto classes at them."""
+    import inspect
+    import json
+
+    from transformers.models.auto import modeling_auto
+
+    from . import standalone
+
+    model_type = model.config.model_type
+    classes = {type(model).__name__}
+    base = getattr(modeling_auto, "MODEL_MAPPING_NAMES", {}).get(model_type)
+    if isinstance(base, str):
+        classes.add(base)
+    auto_map = {}
+    for auto, table in _AUTO_MAPPINGS.items():
+        name = getattr(modeling_auto, table, {}).get(model_type)
+        if name in classes:
+            auto_map[auto] = f"modeling_fnl.FNL{name}"
+    code = [inspect.getsource(standalone), "", "import transformers", ""]
+    for name in sorted(classes):
+        code += [f"class FNL{name}(transformers.{name}):",
+                 "    def post_init(self):",
+                 "        restructure(self, self.config.fnl)  # before post_init: weight init and tying see the final shapes",
+                 "        super().post_init()", "", ""]
+    save_with_card(model, directory, **card_kwargs)
+    with open(os.path.join(directory, "modeling_fnl.py"), "w") as f:
+        f.write("\n".join(code))
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["auto_map"] = auto_map
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 # --------------------------------------------------------------------------- model card and push

@@ -377,11 +377,19 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
         "version": __version__,
         **config.to_dict(),
         "params_before": params_before,
-        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "forms": list(i.forms),
+        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "heads": i.heads, "kv_heads": i.kv_heads,
+                             "forms": list(i.forms), "layout": _layout_dict(i.layout),
                              "si_error": i.si_error, "params_before": i.params_before} for i in infos},
         "load_with": "pip install hf-fnl; hf_fnl.from_pretrained(path) (or transformers' from_pretrained after import hf_fnl)",
     })
     return model
+
+
+def _layout_dict(layout: AttentionLayout) -> dict:
+    """The layout as plain JSON, so that a saved spec describes its structure without hf_fnl's table."""
+    slots = {s: [getattr(layout, s).path, getattr(layout, s).chunk, getattr(layout, s).chunks] for s in _SLOTS}
+    return {**slots, "head_size_attrs": list(layout.head_size_attrs), "width_attrs": list(layout.width_attrs),
+            "scaling_attr": layout.scaling_attr}
 
 
 def apply_fnl_spec(model: nn.Module, spec: dict) -> int:

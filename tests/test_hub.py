@@ -175,7 +175,7 @@ def test_cli_compress_on_a_local_model(tmp_path):
     build(arch, "AutoModelForMaskedLM").save_pretrained(tmp_path / "plain")
     cli = os.path.join(os.path.dirname(sys.executable), "hf-fnl")
     result = subprocess.run([cli, "compress", str(tmp_path / "plain"), "--rank", "0.5", "--model-class",
-                             "AutoModelForMaskedLM", "--out", str(tmp_path / "out")],
+                             "AutoModelForMaskedLM", "--out", str(tmp_path / "out"), "--self-contained"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "encoder.layer.1.attention" in result.stdout and "kept" in result.stdout
@@ -184,6 +184,7 @@ def test_cli_compress_on_a_local_model(tmp_path):
     assert loaded.bert.encoder.layer[0].attention.self.attention_head_size == 4
     card = (tmp_path / "out" / "README.md").read_text()
     assert "hf-fnl compress" in card and str(tmp_path / "plain") in card
+    assert (tmp_path / "out" / "modeling_fnl.py").exists()
 
 
 def test_pickle_weights_are_refused_unless_opted_in(tmp_path):
@@ -204,3 +205,54 @@ def test_unpatched_checkpoint_is_refused_by_hf_fnl_loader(tmp_path):
     build(TINY_ARCHS[0]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not saved after"):
         hf_fnl.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "t5", "qwen2"])
+def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
+    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    task = TASK_CLASS[arch.kind]
+    model = hf_fnl.fnl_patch(build(arch, task), rank=rank_of(arch), scaling="rescale", progress=False)
+    hf_fnl.save_self_contained(model, str(tmp_path / "export"))
+    x = inputs(arch)
+    torch.save({"inputs": x, "expected": outputs(model, x)[0]}, tmp_path / "check.pt")
+    code = (
+        "import torch, transformers\n"
+        f"m = transformers.{task}.from_pretrained({str(tmp_path / 'export')!r}, trust_remote_code=True, "
+        "attn_implementation='eager').eval()\n"
+        f"c = torch.load({str(tmp_path / 'check.pt')!r})\n"
+        "out = m(**c['inputs'])\n"
+        "got = out.logits\n"
+        "print(type(m).__name__, (got - c['expected']).abs().max().item())\n"
+    )
+    result = _run_plain_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name, diff = result.stdout.split()[-2:]
+    assert name.startswith("FNL") and float(diff) == 0.0
+
+
+@pytest.mark.parametrize("scaling", ["original", "rescale"])
+@pytest.mark.parametrize("model_type", ["t5", "vit"])
+def test_export_vanilla_states_the_reduced_head_size(model_type, scaling, tmp_path):
+    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    patched = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=0.5, scaling=scaling, progress=False)
+    vanilla = hf_fnl.export_vanilla(patched)
+    field = {"t5": "d_kv", "vit": "head_dim"}[model_type]
+    assert getattr(vanilla.config, field) == 4 and not hf_fnl.is_fnl_patched(vanilla)
+    assert sum(p.numel() for p in vanilla.parameters()) == sum(p.numel() for p in patched.parameters())
+    x = inputs(arch)
+    for o1, o2 in zip(outputs(patched, x), outputs(vanilla, x)):
+        assert (o1 - o2).abs().max() <= 1e-5
+    vanilla.save_pretrained(tmp_path)
+    result = _run_plain_python(f"import transformers; m = transformers.{TASK_CLASS[arch.kind]}.from_pretrained("
+                               f"{str(tmp_path)!r}); print(m.config.{field})")
+    assert result.returncode == 0 and result.stdout.split()[-1] == "4", result.stderr[-2000:]
+
+
+def test_export_vanilla_refuses_what_a_config_cannot_state():
+    bert = hf_fnl.fnl_patch(build(TINY_ARCHS[0]), rank=0.5, progress=False)
+    with pytest.raises(ValueError, match="fnl_merge"):
+        hf_fnl.export_vanilla(bert)
+    t5 = TINY_ARCHS[ARCH_IDS.index("t5")]
+    mixed = hf_fnl.fnl_patch(build(t5), rank=0.5, rank_pattern={r"decoder": 2}, progress=False)
+    with pytest.raises(ValueError, match="one rank"):
+        hf_fnl.export_vanilla(mixed)
