@@ -54,6 +54,12 @@ class FNLConfig:
         qualified name) or a list of name suffixes; None patches every attention module.
     rank_pattern: {regex: rank} overrides `rank` for modules whose name the regex matches
         (re.search; the first matching key wins), like PEFT's rank_pattern.
+    linear_targets: Linear/Conv1D/Conv2d layers to factorize (FactorizedLinear/FactorizedConv2d):
+        a regex (full match) or a list of name suffixes, e.g. r".*(intermediate|output)[.]dense".
+        Projections of the attention modules patched here are left to the attention patch.
+    linear_rank: their rank: an int, or a float rank scale (fraction of min(m, n) for linear layers,
+        of c_out·k for k×k convolutions, the paper's convention); above 1 is overcomplete.
+    linear_inner: factorize as U M Vᵀ with M = I (the paper's "deep" overcomplete variant).
     progress: show a tqdm progress bar while patching.
     """
 
@@ -63,6 +69,9 @@ class FNLConfig:
     scaling: str = "original"
     target_modules: str | list[str] | None = None
     rank_pattern: dict[str, int | float] = field(default_factory=dict)
+    linear_targets: str | list[str] | None = None
+    linear_rank: int | float = 0.5
+    linear_inner: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -70,8 +79,10 @@ class FNLConfig:
             self.forms = (self.forms,)
         self.forms = tuple(self.forms)
         bad = [f for f in self.forms if f not in FORMS]
-        if bad or not self.forms:
-            raise ValueError(f"forms must be a non-empty subset of {FORMS}, got {self.forms!r}")
+        if bad or not (self.forms or self.linear_targets):
+            raise ValueError(f"forms must be a subset of {FORMS}, non-empty unless linear_targets is set; got {self.forms!r}")
+        if isinstance(self.linear_rank, bool) or not isinstance(self.linear_rank, (int, float)) or self.linear_rank <= 0:
+            raise ValueError(f"linear_rank must be a positive int or a positive float rank scale, got {self.linear_rank!r}")
         if self.init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
         if self.scaling not in _SCALINGS:

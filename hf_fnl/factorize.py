@@ -100,13 +100,25 @@ def split_sqrt(svd: ProductSVD, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return svd.U[..., :rank] * root, svd.V[..., :rank] * root
 
 
-def spectral_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def spectral_factors(W: torch.Tensor, rank: int, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spectral initialization of a (batched) matrix W (…, m, n): U (…, m, r), V (…, n, r) with
-    U Vᵀ the best rank-r approximation of W (Eckart-Young). Returned in W's dtype."""
+    U Vᵀ the best rank-r approximation of W (Eckart-Young). Returned in W's dtype.
+
+    Overcomplete ranks (r > min(m, n)) keep U Vᵀ = W exactly: the extra columns of V are zero and
+    those of U small random vectors (scaled like the SI columns), so every entry gets a gradient
+    (zero columns in both factors would get none and stay zero)."""
     Wc = W.to(compute_dtype(W))
     Uf, S, Vh = torch.linalg.svd(Wc, full_matrices=False)
     U, V = _fix_signs(Uf, Vh.transpose(-1, -2))
-    A, B = split_sqrt(ProductSVD(U, S, V), rank)
+    k = min(rank, S.shape[-1])
+    A, B = split_sqrt(ProductSVD(U, S, V), k)
+    if rank > k:
+        extra = rank - k
+        scale = (S[..., :k].mean(-1).sqrt() / W.shape[-2] ** 0.5)[..., None, None]
+        noise = torch.randn(*A.shape[:-1], extra, generator=generator, dtype=A.dtype, device="cpu").to(A.device)
+        A = torch.cat([A, noise * scale], dim=-1)
+        B = torch.cat([B, B.new_zeros(*B.shape[:-1], extra)], dim=-1)
     return A.to(W.dtype), B.to(W.dtype)
 
 
@@ -155,28 +167,40 @@ def gram(F: torch.Tensor, stacked: bool = False) -> torch.Tensor:
     return G.sum(-3) if stacked else G
 
 
-def frobenius_penalty(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> torch.Tensor:
-    """Σ_batch ½‖A Bᵀ‖_F² in the Gram form ½ tr((AᵀA)(BᵀB)), O((m + n) r²), differentiable.
-
-    With `stacked`, A and B are (…, k, m, r) block stacks (see `gram`)."""
-    return 0.5 * (gram(A, stacked) * gram(B, stacked)).sum()
-
-
-def frobenius_decay_grads(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Analytic gradients of `frobenius_penalty`: (A (BᵀB), B (AᵀA)), shaped like A and B."""
+def frobenius_penalty(A: torch.Tensor, B: torch.Tensor, stacked: bool = False,
+                      M: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_batch ½‖A Bᵀ‖_F² (or ½‖A M Bᵀ‖_F²) in the Gram form ½ tr((AᵀA) M (BᵀB) Mᵀ), O((m + n) r²),
+    differentiable. With `stacked`, A and B are (…, k, m, r) block stacks (see `gram`)."""
     Ga, Gb = gram(A, stacked), gram(B, stacked)
+    if M is not None:
+        Gb = M @ Gb @ M.transpose(-1, -2)
+    return 0.5 * (Ga * Gb).sum()
+
+
+def frobenius_decay_grads(A: torch.Tensor, B: torch.Tensor, stacked: bool = False, M: torch.Tensor | None = None):
+    """Analytic gradients of `frobenius_penalty`: (A (BᵀB), B (AᵀA)), or with an inner factor
+    (A M(BᵀB)Mᵀ, B Mᵀ(AᵀA)M, (AᵀA) M (BᵀB)); the third entry is None without M."""
+    Ga, Gb = gram(A, stacked), gram(B, stacked)
+    grad_m = None
+    if M is not None:
+        grad_m = Ga @ M @ Gb
+        Ga, Gb = M.transpose(-1, -2) @ Ga @ M, M @ Gb @ M.transpose(-1, -2)
     if stacked:
         Ga, Gb = Ga.unsqueeze(-3), Gb.unsqueeze(-3)
-    return A @ Gb, B @ Ga
+    return A @ Gb, B @ Ga, grad_m
 
 
-def product_norms(A: torch.Tensor, B: torch.Tensor, stacked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frobenius and nuclear norms of each product A Bᵀ from r×r Grams only (no large SVD).
+def product_norms(A: torch.Tensor, B: torch.Tensor, stacked: bool = False,
+                  M: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius and nuclear norms of each product A Bᵀ (or A M Bᵀ) from r×r Grams only.
 
-    The singular values of A Bᵀ are the square roots of the eigenvalues of Ga^½ Gb Ga^½.
+    The singular values of A M Bᵀ are the square roots of the eigenvalues of Ga^½ M Gb Mᵀ Ga^½.
     Returns two tensors of the batch shape; computed in float64 (float32 on MPS)."""
     dtype = compute_dtype(A)
     Ga, Gb = gram(A.to(dtype), stacked), gram(B.to(dtype), stacked)
+    if M is not None:
+        M = M.to(dtype)
+        Gb = M @ Gb @ M.transpose(-1, -2)
     w, E = torch.linalg.eigh(Ga)
     root = (E * w.clamp_min(0).sqrt().unsqueeze(-2)) @ E.transpose(-1, -2)
     ev = torch.linalg.eigvalsh(root @ Gb @ root).clamp_min(0)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .layers import FactorizedLayer
 from .patch import CONFIG_ATTR, PATCH_ATTR, _get, _new_projection, _set, _slot, apply_fnl_spec
 from .summary import fnl_summary
 
@@ -47,7 +48,7 @@ def install_load_hook() -> None:
     @functools.wraps(original)
     def post_init(self):
         spec = getattr(self.config, CONFIG_ATTR, None)
-        if isinstance(spec, dict) and spec.get("modules"):
+        if isinstance(spec, dict) and (spec.get("modules") or spec.get("layers")):
             apply_fnl_spec(self, spec)  # before post_init, so its weight init and tying see the final shapes
         original(self)
 
@@ -81,11 +82,13 @@ def from_pretrained(path_or_id: str, model_class: Any = None, *, allow_pickle: b
         model_class = model_class or transformers.AutoModel
     install_load_hook()
     model = model_class.from_pretrained(path_or_id, **kwargs)
-    patched = sum(hasattr(m, PATCH_ATTR) for m in model.modules())
-    if patched != len(spec["modules"]):
+    found = (sum(hasattr(m, PATCH_ATTR) for m in model.modules()), sum(isinstance(m, FactorizedLayer) for m in model.modules()))
+    expected = (len(spec.get("modules") or {}), len(spec.get("layers") or {}))
+    if found != expected:
         raise RuntimeError(
-            f"{type(model).__name__} has {patched} patched attention modules but the checkpoint describes "
-            f"{len(spec['modules'])}: load it with the class it was saved from ({config_dict.get('architectures')})"
+            f"{type(model).__name__} has {found[0]} patched attention modules and {found[1]} factorized layers but the "
+            f"checkpoint describes {expected[0]} and {expected[1]}: load it with the class it was saved from "
+            f"({config_dict.get('architectures')})"
         )
     return model
 
@@ -105,6 +108,8 @@ def _pad_heads(W: torch.Tensor, heads: int, rank: int, head_dim: int, dim: int) 
 def fnl_merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Multiply the factors back: a vanilla model of the original architecture, same outputs.
 
+    Factorized Linear/Conv2d layers (low-rank or overcomplete: full, deep U M Vᵀ, wide) become one
+    dense layer holding the product: the teacher-free distillation path of the paper.
     Each head's rank-r factors become head_dim-wide projections whose extra rows/columns are zero,
     so every per-head product Q_h K_hᵀ and V_h O_hᵀ is unchanged, and the head-size attributes and
     softmax scaling return to the original (a rescaled temperature is moved into the query). The
@@ -114,6 +119,9 @@ def fnl_merge(model: nn.Module, inplace: bool = False) -> nn.Module:
     if spec is None:
         raise ValueError("this model is not patched by hf_fnl: there is nothing to merge")
     model = model if inplace else copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FactorizedLayer):  # U (M) Vᵀ multiplied back into one dense layer
+            _set(model, name, module.to_dense())
     for module in model.modules():
         info = getattr(module, PATCH_ATTR, None)
         if info is None:
@@ -154,6 +162,9 @@ def export_vanilla(model: nn.Module) -> nn.Module:
     spec = getattr(model.config, CONFIG_ATTR, None)
     if spec is None:
         raise ValueError("this model is not patched by hf_fnl: there is nothing to export")
+    if spec.get("layers"):
+        raise ValueError("export_vanilla keeps factorized attention only; this model has factorized layers: "
+                         "use hf_fnl.fnl_merge")
     field = architecture_for(model.config.model_type).head_size_config
     if field is None:
         raise ValueError(f"{model.config.model_type} configs cannot state a head size apart from hidden_size/heads; "
@@ -206,6 +217,9 @@ def save_self_contained(model: nn.Module, directory: str, **card_kwargs) -> None
 
     from . import standalone
 
+    if getattr(model.config, CONFIG_ATTR).get("layers"):
+        raise NotImplementedError("a self-contained export of factorized Linear/Conv2d layers is not supported yet: "
+                                  "fnl_merge the model first, or load it with hf_fnl")
     model_type = model.config.model_type
     classes = {type(model).__name__}
     base = getattr(modeling_auto, "MODEL_MAPPING_NAMES", {}).get(model_type)

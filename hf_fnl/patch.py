@@ -330,8 +330,11 @@ def _default_init(model: nn.Module, module: nn.Module, layout: AttentionLayout, 
 
 
 def is_fnl_patched(model: nn.Module) -> bool:
+    from .layers import FactorizedLayer
+
     config = getattr(model, "config", None)
-    return getattr(config, CONFIG_ATTR, None) is not None or any(hasattr(m, PATCH_ATTR) for m in model.modules())
+    return getattr(config, CONFIG_ATTR, None) is not None or any(
+        hasattr(m, PATCH_ATTR) or isinstance(m, FactorizedLayer) for m in model.modules())
 
 
 @torch.no_grad()
@@ -343,14 +346,14 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
     """
     config = FNLConfig(**{**(config.__dict__ if config else {}), **overrides})
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    arch = architecture_for(model_type)
+    arch = architecture_for(model_type) if config.forms else None
     if is_fnl_patched(model):
         raise RuntimeError(
             "this model is already patched by hf_fnl (config.fnl is set); patching twice would factorize the "
             "factors. Start from the unpatched model, or use hf_fnl.fnl_merge first to get a dense one."
         )
-    plans = _plan(model, arch, config)  # validates every module before anything changes
-    if not plans:
+    plans = _plan(model, arch, config) if config.forms else []  # validates every module before anything changes
+    if config.forms and not plans:
         raise ValueError(f"no attention module of this {model_type} model matched target_modules={config.target_modules!r}")
     if config.init == "spectral":
         for plan in plans:
@@ -373,6 +376,13 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
         infos[i] = _patch_module(plan, config.scaling, new, errors, before)
         if config.init == "default":
             _default_init(model, plan.module, plan.layout, _patched_slots(plan))
+    layers = {}
+    if config.linear_targets is not None:
+        from .layer_patch import fnl_factorize_layers
+
+        projections = {f"{p.name}.{getattr(p.layout, s).path}" for p in plans for s in _SLOTS}
+        layers = fnl_factorize_layers(model, config.linear_targets, config.linear_rank, config.linear_inner,
+                                      config.init, exclude=projections, progress=config.progress)
     setattr(model.config, CONFIG_ATTR, {
         "version": __version__,
         **config.to_dict(),
@@ -380,6 +390,7 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
         "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "heads": i.heads, "kv_heads": i.kv_heads,
                              "forms": list(i.forms), "layout": _layout_dict(i.layout),
                              "si_error": i.si_error, "params_before": i.params_before} for i in infos},
+        "layers": layers,
         "load_with": "pip install hf-fnl; hf_fnl.from_pretrained(path) (or transformers' from_pretrained after import hf_fnl)",
     })
     return model
@@ -399,10 +410,14 @@ def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
 
     Module names are matched as saved, or with the model's base_model_prefix added or removed
     (a task model's checkpoint loaded into its base model, or the reverse)."""
-    arch = architecture_for(getattr(model.config, "model_type", None))
+    from .layer_patch import apply_layer_spec
+
     prefix = getattr(model, "base_model_prefix", "") or ""
-    saved = spec["modules"]
-    patched = 0
+    patched = apply_layer_spec(model, spec.get("layers") or {}, prefix)
+    saved = spec.get("modules") or {}
+    if not saved:
+        return patched
+    arch = architecture_for(getattr(model.config, "model_type", None))
     for name, module, layout in fnl_attention_modules(model):
         if hasattr(module, PATCH_ATTR):
             continue
@@ -423,19 +438,16 @@ def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
 
 @dataclass(frozen=True)
 class HeadBlocks:
-    """The per-head (or per-group) blocks of one factor inside a projection weight.
+    """The per-head (or per-group) blocks of one factor inside a weight.
 
     `view()` is a view into the parameter of shape (groups, per_group, m, rank): heads are blocks of
     output features for Q/K/V (m = in_features, per_group = 1) and blocks of input features for O
-    (m = out_features, per_group = query heads sharing one key/value group).
+    (m = out_features, per_group = query heads sharing one key/value group). A factorized layer's
+    U and V are single blocks of the same two kinds.
     """
 
-    projection: nn.Module
+    weight: nn.Parameter
     layout: BlockLayout
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.projection.weight
 
     def view(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
         """The blocks of the weight, or of `tensor` shaped like it (a gradient, an optimizer buffer)."""
@@ -448,28 +460,44 @@ class HeadBlocks:
 
 @dataclass(frozen=True)
 class FactorPair:
-    """One form of one attention module: per group g the product A_g B_gᵀ (weights only, no biases)."""
+    """One form of one module: per group g the product A_g (M) B_gᵀ (weights only, no biases).
+
+    Forms: "qk"/"ov" per attention head or key/value group, "linear"/"conv" for a factorized layer,
+    whose inner factor M (U M Vᵀ) is `middle`."""
 
     module_name: str
     form: str
     a: HeadBlocks
     b: HeadBlocks
+    middle: nn.Parameter | None = None
 
     def product(self) -> torch.Tensor:
-        return self.a.matrix() @ self.b.matrix().transpose(-1, -2)
+        A = self.a.matrix() if self.middle is None else self.a.matrix() @ self.middle
+        return A @ self.b.matrix().transpose(-1, -2)
 
 
 def _blocks(module: nn.Module, proj: Projection, head_rows: bool, groups: int, per_group: int, rank: int) -> HeadBlocks:
     projection = module.get_submodule(proj.path)
     width = _weight_oi(projection).shape[0] // proj.chunks
     layout = BlockLayout(isinstance(projection, Conv1D), head_rows, proj.chunk * width, groups, per_group, rank)
-    return HeadBlocks(projection, layout)
+    return HeadBlocks(projection.weight, layout)
 
 
-def fnl_factor_pairs(model: nn.Module, forms: tuple[str, ...] = ("qk", "ov")) -> list[FactorPair]:
+ALL_FORMS = ("qk", "ov", "linear", "conv")
+
+
+def fnl_factor_pairs(model: nn.Module, forms: tuple[str, ...] = ALL_FORMS) -> list[FactorPair]:
     """The factor pairs of a patched model, for per-head Frobenius decay and diagnostics."""
+    from .layers import FactorizedConv2d, FactorizedLayer
+
     pairs = []
     for name, module in model.named_modules():
+        if isinstance(module, FactorizedLayer):
+            form = "conv" if isinstance(module, FactorizedConv2d) else "linear"
+            if form in forms:
+                pairs.append(FactorPair(name, form, HeadBlocks(module.u, module.u_layout),
+                                        HeadBlocks(module.v, module.v_layout), module.m))
+            continue
         info: AttentionPatch | None = getattr(module, PATCH_ATTR, None)
         if info is None:
             continue

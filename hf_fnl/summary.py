@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .layers import FactorizedConv2d, FactorizedLayer
 from .patch import CONFIG_ATTR, PATCH_ATTR, _FORM_SLOTS, _slot, _slot_params
 
 __all__ = ["FormSummary", "FNLSummary", "fnl_summary", "print_fnl_summary"]
@@ -16,7 +17,7 @@ class FormSummary:
     module: str
     form: str
     rank: int
-    head_dim: int
+    head_dim: int  # the full rank for a factorized layer: min(m, n)
     heads: int
     params_before: int
     params_after: int
@@ -61,6 +62,12 @@ def fnl_summary(model: nn.Module) -> FNLSummary:
             after = sum(_slot_params(*_slot(module, getattr(info.layout, s))) for s in _FORM_SLOTS[form])
             rows.append(FormSummary(name, form, info.rank, info.head_dim, info.heads, info.params_before[form], after,
                                     info.si_error.get(form)))
+    for name, module in model.named_modules():
+        if isinstance(module, FactorizedLayer):
+            full = min(module.u.shape[0], module.v.shape[1])
+            form = "conv" if isinstance(module, FactorizedConv2d) else "linear"
+            rows.append(FormSummary(name, form, module.rank, full, 1, module.params_before or 0,
+                                    sum(p.numel() for p in module.parameters()), module.si_error))
     return FNLSummary(rows, spec["params_before"], sum(p.numel() for p in model.parameters()))
 
 

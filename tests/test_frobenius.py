@@ -23,7 +23,8 @@ def test_penalty_and_analytic_gradients_match_autograd_of_the_explicit_product(s
     explicit = 0.5 * (Am @ Bm.transpose(-1, -2)).square().sum()
     gA, gB = torch.autograd.grad(explicit, (A, B))
     assert F.frobenius_penalty(A, B, stacked).item() == pytest.approx(explicit.item(), rel=1e-12)
-    aA, aB = F.frobenius_decay_grads(A.detach(), B.detach(), stacked)
+    aA, aB, none = F.frobenius_decay_grads(A.detach(), B.detach(), stacked)
+    assert none is None
     assert torch.allclose(aA, gA, atol=1e-12) and torch.allclose(aB, gB, atol=1e-12)
 
 
@@ -54,3 +55,17 @@ def test_model_penalty_is_the_sum_over_heads(model_type):
     nuc = sum(torch.linalg.matrix_norm(p.product(), "nuc").sum() for p in pairs if p.form == "ov")
     assert norms["ov/frobenius"] == pytest.approx(fro.item(), rel=1e-8)
     assert norms["ov/nuclear"] == pytest.approx(nuc.item(), rel=1e-7)
+
+
+def test_inner_factor_penalty_gradients_and_norms_match_autograd():
+    U, M, V = rand(2, 8, 3, seed=4).requires_grad_(), rand(2, 3, 3, seed=5).requires_grad_(), rand(2, 6, 3, seed=6).requires_grad_()
+    P = U @ M @ V.transpose(-1, -2)
+    explicit = 0.5 * P.square().sum()
+    grads = torch.autograd.grad(explicit, (U, M, V))
+    assert F.frobenius_penalty(U, V, M=M).item() == pytest.approx(explicit.item(), rel=1e-12)
+    gU, gV, gM = F.frobenius_decay_grads(U.detach(), V.detach(), M=M.detach())
+    for analytic, reference in zip((gU, gM, gV), grads):
+        assert torch.allclose(analytic, reference, atol=1e-12)
+    fro, nuc = F.product_norms(U.detach(), V.detach(), M=M.detach())
+    S = torch.linalg.svdvals(P.detach())
+    assert torch.allclose(fro, S.square().sum(-1).sqrt(), rtol=1e-10) and torch.allclose(nuc, S.sum(-1), rtol=1e-8)

@@ -60,7 +60,7 @@ def reference_run(params, grads_per_step, lr, betas, eps, wd, fd, trust, fd_on, 
 def run(opt_cls, params, grads_per_step, fd_on, wd, fd, **kw):
     tensors = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
     groups = [{"params": [tensors["a"], tensors["b"]], "weight_decay": wd, "fd_coef": fd,
-               "fd_pairs": [(0, tuple(LAYOUT_A), 1, tuple(LAYOUT_B))] if fd_on else []},
+               "fd_pairs": [(0, tuple(LAYOUT_A), 1, tuple(LAYOUT_B), -1)] if fd_on else []},
               {"params": [tensors["w"], tensors["zero"]], "weight_decay": wd},
               {"params": [tensors["bias"]], "weight_decay": 0.0}]
     opt = opt_cls(groups, **kw)
@@ -171,7 +171,7 @@ def test_lamb_refuses_fd_groups():
     p = torch.nn.Parameter(torch.randn(G * R, M))
     q = torch.nn.Parameter(torch.randn(N, G * R))
     with pytest.raises(ValueError, match="Flambe or FDAdamW"):
-        Lamb([{"params": [p, q], "fd_pairs": [(0, tuple(LAYOUT_A), 1, tuple(LAYOUT_B))]}])
+        Lamb([{"params": [p, q], "fd_pairs": [(0, tuple(LAYOUT_A), 1, tuple(LAYOUT_B), -1)]}])
 
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama"])

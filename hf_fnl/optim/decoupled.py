@@ -26,8 +26,9 @@ class DecoupledDecayAdam(Optimizer):
     """Base class; subclasses fix `use_trust_ratio` and whether FD groups are accepted.
 
     Param-group keys: lr, betas, eps, weight_decay, fd_coef, bias_correction, and `fd_pairs`:
-    a list of (index_a, layout_a, index_b, layout_b) with indices into the group's params and
-    layouts as plain tuples of `hf_fnl.blocks.BlockLayout` (see `hf_fnl.optim.fnl_param_groups`).
+    a list of (index_a, layout_a, index_b, layout_b, index_m) with indices into the group's params,
+    layouts as plain tuples of `hf_fnl.blocks.BlockLayout`, and index_m the inner r×r factor of
+    U M Vᵀ or -1 (see `hf_fnl.optim.fnl_param_groups`).
     """
 
     use_trust_ratio = False
@@ -55,9 +56,9 @@ class DecoupledDecayAdam(Optimizer):
         if group["fd_pairs"] and not self.accepts_fd:
             raise ValueError(f"{type(self).__name__} applies no Frobenius decay; a group with fd_pairs needs Flambe or FDAdamW")
         n = len(group["params"])
-        for ia, la, ib, lb in group["fd_pairs"]:
-            if not (0 <= ia < n and 0 <= ib < n):
-                raise ValueError(f"fd_pairs index out of range for a group of {n} params: {(ia, ib)}")
+        for ia, la, ib, lb, im in group["fd_pairs"]:
+            if not (0 <= ia < n and 0 <= ib < n and -1 <= im < n):
+                raise ValueError(f"fd_pairs index out of range for a group of {n} params: {(ia, ib, im)}")
             BlockLayout(*la).view(group["params"][ia])  # fails early on a layout that does not fit
             BlockLayout(*lb).view(group["params"][ib])
 
@@ -132,7 +133,7 @@ class DecoupledDecayAdam(Optimizer):
         if self.trust_ratio_on == "decayed" and wd == 0:
             decayed = torch.zeros(len(params), dtype=torch.bool, device=ratio.device)
             if fd != 0:
-                decayed[[k for k, i in enumerate(index) if any(i in (ia, ib) for ia, _, ib, _ in group["fd_pairs"])]] = True
+                decayed[[k for k, i in enumerate(index) if any(i in (ia, ib, im) for ia, _, ib, _, im in group["fd_pairs"])]] = True
             ratio = torch.where(decayed, ratio, torch.ones_like(ratio))
         torch._foreach_addcmul_(params, update, list((ratio * -group["lr"]).unbind()))  # p += (−lr·trust)·u
         return ratio
@@ -154,16 +155,21 @@ class DecoupledDecayAdam(Optimizer):
 
     @staticmethod
     def _add_frobenius_decay(group: dict, update_of: dict, wd: float, fd: float) -> None:
-        """On each factor's blocks replace wd·p by fd·A(BᵀB) (resp. fd·B(AᵀA)), from pre-step values."""
+        """On each factor's blocks replace wd·p by fd·A(BᵀB) (resp. fd·B(AᵀA), or the chain-rule terms
+        of U M Vᵀ), all from pre-step values."""
         params = group["params"]
-        for ia, la, ib, lb in group["fd_pairs"]:
+        for ia, la, ib, lb, im in group["fd_pairs"]:
             la, lb = BlockLayout(*la), BlockLayout(*lb)
             A, B = la.view(params[ia]), lb.view(params[ib])
-            grad_a, grad_b = frobenius_decay_grads(A, B, stacked=True)
-            for i, layout, factor, grad in ((ia, la, A, grad_a), (ib, lb, B, grad_b)):
+            M = params[im] if im >= 0 else None
+            grad_a, grad_b, grad_m = frobenius_decay_grads(A, B, stacked=True, M=M)
+            terms = [(ia, la.view, A, grad_a), (ib, lb.view, B, grad_b)]
+            if M is not None:
+                terms.append((im, lambda t: t, M, grad_m.reshape(M.shape)))
+            for i, view, factor, grad in terms:
                 if i not in update_of:  # a frozen factor still decays its partner, but is not updated
                     continue
-                blocks = layout.view(update_of[i])
+                blocks = view(update_of[i])
                 blocks.add_(grad, alpha=fd)
                 if wd != 0:
                     blocks.sub_(factor, alpha=wd)

@@ -22,7 +22,7 @@ def default_no_decay(model: nn.Module) -> set[str]:
 
 def fnl_param_groups(model: nn.Module, weight_decay: float, fd_coef: float | None = None,
                      fd_targets: Iterable[str] = ("ov",), no_decay: set[str] | None = None) -> list[dict]:
-    """Three groups: the factor tensors of the `fd_targets` forms (with `fd_pairs`, FD coefficient
+    """Three groups: the factor tensors (U, V and an inner M) of the `fd_targets` forms (with `fd_pairs`, FD coefficient
     `fd_coef`, default `weight_decay`: the paper's no-new-tuning rule), the other decayed tensors
     (`weight_decay`), and biases/norms (no decay). Empty groups are left out.
 
@@ -33,13 +33,15 @@ def fnl_param_groups(model: nn.Module, weight_decay: float, fd_coef: float | Non
     no_decay = default_no_decay(model) if no_decay is None else no_decay
     pairs = fnl_factor_pairs(model, forms=tuple(fd_targets))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    factor_ids = {id(blocks.weight) for pair in pairs for blocks in (pair.a, pair.b)}
+    factor_ids = {id(t) for pair in pairs for t in (pair.a.weight, pair.b.weight, pair.middle) if t is not None}
     fd_params = [p for _, p in named if id(p) in factor_ids]
     position = {id(p): i for i, p in enumerate(fd_params)}
     fd_pairs = [
-        (position[id(pair.a.weight)], tuple(pair.a.layout), position[id(pair.b.weight)], tuple(pair.b.layout))
+        (position[id(pair.a.weight)], tuple(pair.a.layout), position[id(pair.b.weight)], tuple(pair.b.layout),
+         position[id(pair.middle)] if pair.middle is not None else -1)
         for pair in pairs
         if id(pair.a.weight) in position and id(pair.b.weight) in position
+        and (pair.middle is None or id(pair.middle) in position)
     ]
     groups = [
         {"params": fd_params, "weight_decay": weight_decay, "fd_coef": fd_coef, "fd_pairs": fd_pairs},
