@@ -8,6 +8,8 @@ from .patch import FactorPair, HeadBlocks, fnl_factor_pairs, fnl_patch, is_fnl_p
 from .hub import (  # noqa: E402
     export_vanilla, fnl_merge, fnl_model_card, fnl_push_to_hub, from_pretrained, install_load_hook, save_self_contained, save_with_card,
 )
+from .layer_patch import fnl_factorize_layers, rank_scale_for_budget  # noqa: E402
+from .layers import FactorizedConv2d, FactorizedLinear  # noqa: E402
 from .regularize import fd_penalty, form_norms  # noqa: E402
 from .summary import FNLSummary, fnl_summary, print_fnl_summary  # noqa: E402
 
@@ -31,6 +33,10 @@ __all__ = [
     "FNLTrainer",
     "FNLTrainingArguments",
     "ARCHITECTURES",
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    "fnl_factorize_layers",
+    "rank_scale_for_budget",
     "FNLConfig",
     "FNLSummary",
     "FactorPair",

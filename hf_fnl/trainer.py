@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .optim import FDAdamW, Flambe, Lamb, fnl_param_groups
-from .patch import fnl_factor_pairs
+from .patch import ALL_FORMS, fnl_factor_pairs
 from .regularize import fd_penalty, form_norms
 
 __all__ = ["FNLTrainingArguments", "FNLTrainer", "FNLPlotCallback", "nvidia_poly_schedule"]
@@ -33,7 +33,7 @@ class FNLTrainingArguments(TrainingArguments):
     fd_coef: float | None = field(default=None, metadata={
         "help": "Frobenius-decay coefficient; default: weight_decay (the paper's no-new-tuning rule)."})
     fd_targets: list[str] = field(default_factory=lambda: ["ov"], metadata={
-        "help": "forms that get FD instead of weight decay: ov and/or qk."})
+        "help": "forms that get FD instead of weight decay: ov, qk, linear, conv."})
     fd_mode: str | None = field(default=None, metadata={
         "help": "decoupled (in the optimizer step) or coupled (added to the loss); default: coupled for sgd_fd, "
                 "decoupled otherwise."})
@@ -54,9 +54,9 @@ class FNLTrainingArguments(TrainingArguments):
             raise ValueError(f"fnl_optim must be one of {FNL_OPTIMIZERS} or None (stock `optim`), got {self.fnl_optim!r}")
         if isinstance(self.fd_targets, str):
             self.fd_targets = [t.strip() for t in self.fd_targets.split(",") if t.strip()]
-        bad = [t for t in self.fd_targets if t not in ("qk", "ov")]
+        bad = [t for t in self.fd_targets if t not in ALL_FORMS]
         if bad:
-            raise ValueError(f"fd_targets must be forms 'qk'/'ov', got {self.fd_targets}")
+            raise ValueError(f"fd_targets must be forms among {ALL_FORMS}, got {self.fd_targets}")
         if self.fd_mode is None:
             self.fd_mode = "coupled" if self.fnl_optim == "sgd_fd" else "decoupled"
         if self.fd_mode not in ("decoupled", "coupled"):
