@@ -65,9 +65,13 @@ def _spec_entry(layer: FactorizedLayer) -> dict:
             "si_error": layer.si_error, "params_before": layer.params_before}
 
 
-def _targets_in(model: nn.Module, targets, exclude: set[str]) -> list[tuple[str, nn.Module]]:
+def _targets_in(model: nn.Module, targets, exclude: set[str], types=DENSE_TYPES) -> list[tuple[str, nn.Module]]:
+    """Layers of `types` matching `targets`, minus `exclude` and the projections of patched attention."""
+    from .patch import patched_projection_names
+
+    exclude = set(exclude) | patched_projection_names(model)
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, DENSE_TYPES) and n not in exclude and _matches(targets, n)]
+            if isinstance(m, types) and n not in exclude and _matches(targets, n)]
 
 
 @torch.no_grad()
@@ -75,7 +79,8 @@ def fnl_factorize_layers(model: nn.Module, targets: str | list[str], rank: int |
                          init: str = "spectral", exclude: set[str] = frozenset(), progress: bool = True,
                          seed: int = 0) -> dict[str, dict]:
     """Replace every Linear/Conv1D/Conv2d whose name matches `targets` (a regex, full match, or a
-    list of name suffixes) by a FactorizedLinear/FactorizedConv2d, in place.
+    list of name suffixes) by a FactorizedLinear/FactorizedConv2d, in place. Projections of
+    attention modules patched by fnl_patch are never taken.
 
     init="spectral": SI of the layer's current weight (pretrained, or its own random init: the
     paper's from-scratch SI); init="default": fresh factors at the dense layer's output scale.

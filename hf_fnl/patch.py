@@ -329,6 +329,13 @@ def _default_init(model: nn.Module, module: nn.Module, layout: AttentionLayout, 
                 target.copy_(source)
 
 
+def patched_projection_names(model: nn.Module) -> set[str]:
+    """Qualified names of the projections of patched attention modules: they belong to the
+    attention patch, never to a layer factorization."""
+    return {f"{name}.{getattr(info.layout, s).path}" for name, m in model.named_modules()
+            if (info := getattr(m, PATCH_ATTR, None)) is not None for s in _SLOTS}
+
+
 def is_fnl_patched(model: nn.Module) -> bool:
     from .layers import FactorizedLayer
 
@@ -380,9 +387,8 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
     if config.linear_targets is not None:
         from .layer_patch import fnl_factorize_layers
 
-        projections = {f"{p.name}.{getattr(p.layout, s).path}" for p in plans for s in _SLOTS}
         layers = fnl_factorize_layers(model, config.linear_targets, config.linear_rank, config.linear_inner,
-                                      config.init, exclude=projections, progress=config.progress)
+                                      config.init, progress=config.progress)
     setattr(model.config, CONFIG_ATTR, {
         "version": __version__,
         **config.to_dict(),

@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .dlrt import KLSIntegrator
 from .optim import FDAdamW, Flambe, Lamb, fnl_param_groups
 from .patch import ALL_FORMS, fnl_factor_pairs
 from .regularize import fd_penalty, form_norms
@@ -22,14 +23,14 @@ __all__ = ["FNLTrainingArguments", "FNLTrainer", "FNLPlotCallback", "nvidia_poly
 
 logger = logging.getLogger(__name__)
 
-FNL_OPTIMIZERS = ("flambe", "lamb", "adamw_fd", "sgd_fd")
+FNL_OPTIMIZERS = ("flambe", "lamb", "adamw_fd", "sgd_fd", "kls")
 
 
 @dataclass
 class FNLTrainingArguments(TrainingArguments):
     fnl_optim: str | None = field(default=None, metadata={
-        "help": "flambe (LAMB + decoupled FD), lamb, adamw_fd (AdamW + decoupled FD), sgd_fd (SGD/NAG + coupled FD); "
-                "None: the stock `optim`."})
+        "help": "flambe (LAMB + decoupled FD), lamb, adamw_fd (AdamW + decoupled FD), sgd_fd (SGD/NAG + coupled FD), "
+                "kls (rank-adaptive DLRTLinear layers by the KLS integrator, SGD for the rest); None: the stock `optim`."})
     fd_coef: float | None = field(default=None, metadata={
         "help": "Frobenius-decay coefficient; default: weight_decay (the paper's no-new-tuning rule)."})
     fd_targets: list[str] = field(default_factory=lambda: ["ov"], metadata={
@@ -41,6 +42,7 @@ class FNLTrainingArguments(TrainingArguments):
     lamb_eps: float = 1e-6
     lamb_trust_ratio_on: str = field(default="all", metadata={
         "help": "all (LAMB paper) or decayed (NVIDIA FusedLAMB: only tensors with weight decay or FD)."})
+    dlrt_theta: float = field(default=0.1, metadata={"help": "kls: relative truncation threshold of the adapted rank"})
     sgd_momentum: float = 0.9
     sgd_nesterov: bool = True
     fnl_scheduler: str | None = field(default=None, metadata={
@@ -63,6 +65,8 @@ class FNLTrainingArguments(TrainingArguments):
             raise ValueError(f"fd_mode must be 'decoupled' or 'coupled', got {self.fd_mode!r}")
         if self.fnl_optim == "sgd_fd" and self.fd_mode == "decoupled":
             raise ValueError("sgd_fd applies FD through the loss: use fd_mode='coupled' (or adamw_fd/flambe for decoupled FD)")
+        if self.fnl_optim == "kls" and self.gradient_accumulation_steps != 1:
+            raise ValueError("fnl_optim='kls' updates the low-rank factors once per batch: use gradient_accumulation_steps=1")
         if self.fnl_scheduler not in (None, "nvidia_poly"):
             raise ValueError(f"fnl_scheduler must be None or 'nvidia_poly', got {self.fnl_scheduler!r}")
 
@@ -135,6 +139,15 @@ class FNLTrainer(Trainer):
             return super().create_optimizer(model)
         model = self.model if model is None else model
         no_decay = {n for n, _ in model.named_parameters()} - set(self.get_decay_parameter_names(model))
+        if args.fnl_optim == "kls":
+            if args.world_size > 1:
+                raise ValueError("fnl_optim='kls' runs in one process: the K/L/S gradients are not parameters "
+                                 "that DDP averages, and the layers' shapes change every step")
+            # every parameter but the DLRT factors (buffers, stepped by the integrator) takes SGD on the S-step gradients
+            self.optimizer = torch.optim.SGD(fnl_param_groups(model, args.weight_decay, 0.0, (), no_decay),
+                                             lr=args.learning_rate, momentum=args.sgd_momentum)
+            self._kls = KLSIntegrator(model, args.learning_rate, args.dlrt_theta)
+            return self.optimizer
         targets = () if args.fnl_optim == "lamb" else tuple(args.fd_targets)
         decoupled = args.effective_fd_coef if args.fd_mode == "decoupled" else 0.0
         groups = fnl_param_groups(model, args.weight_decay, decoupled, targets, no_decay)
@@ -165,6 +178,23 @@ class FNLTrainer(Trainer):
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if getattr(self.args, "fnl_optim", None) != "kls":
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+
+        def closure():
+            model.zero_grad(set_to_none=True)
+            loss = self.compute_loss(model, inputs)
+            self.accelerator.backward(loss)
+            return loss
+
+        self._kls.lr = self.optimizer.param_groups[0]["lr"]  # follows the scheduler
+        # K-, L- and S-step passes; the S-step gradients stay on the other parameters, which Trainer
+        # then clips and steps with the SGD optimizer
+        return self._kls.step(closure)
+
     # ------------------------------------------------------------------ coupled FD
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -188,10 +218,15 @@ class FNLTrainer(Trainer):
 
     def fnl_diagnostics(self) -> dict[str, float]:
         """Summed Frobenius/nuclear norms of the QK and OV products, FD penalty, mean trust ratio."""
+        logs = {}
+        kls = getattr(self, "_kls", None)
+        if kls is not None and kls.rank_history:
+            ranks = kls.rank_history[-1]
+            logs["fnl/dlrt_mean_rank"] = sum(ranks.values()) / len(ranks)
         pairs = fnl_factor_pairs(self.model)
         if not pairs:
-            return {}
-        logs = {f"fnl/{k}": v for k, v in form_norms(pairs).items()}
+            return logs
+        logs.update({f"fnl/{k}": v for k, v in form_norms(pairs).items()})
         targets = tuple(getattr(self.args, "fd_targets", ("ov",)))
         with torch.no_grad():
             logs["fnl/fd_penalty"] = float(getattr(self.args, "effective_fd_coef", 0.0)

@@ -120,3 +120,23 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         runs[procs] = json.loads(out.read_text())
     assert len(runs[1]) == len(runs[2]) == 6
     assert runs[2] == pytest.approx(runs[1], rel=1e-4)
+
+
+def test_rank_adaptive_kls_training_through_the_trainer(tmp_path):
+    from hf_fnl.dlrt import DLRTLinear, fnl_dlrt_layers
+
+    from .train_tiny import tiny_model
+
+    model = tiny_model()
+    names = fnl_dlrt_layers(model, r".*(intermediate|output)[.]dense", rank=8)
+    assert len(names) == 4 and isinstance(model.bert.encoder.layer[0].intermediate.dense, DLRTLinear)
+    trainer = make_trainer(str(tmp_path), "kls", max_steps=16, lr=0.5, model=model, dlrt_theta=0.3)
+    trainer.train()
+    losses = logged_losses(trainer)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
+    history = trainer._kls.rank_history
+    assert len(history) == 16 and all(set(h) == set(names) for h in history)
+    assert len({r for h in history for r in h.values()}) > 1  # the ranks moved
+    assert "fnl/dlrt_mean_rank" in trainer.state.log_history[-2]
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=1"):
+        hf_fnl.FNLTrainingArguments(output_dir=str(tmp_path), fnl_optim="kls", gradient_accumulation_steps=2)
