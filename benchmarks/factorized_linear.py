@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from hf_fnl.layers import FactorizedLinear
+from report import emit  # benchmarks/report.py
 
 
 def fwd_bwd_ms(layer: nn.Module, x: torch.Tensor, device: str, repeats: int) -> float:
@@ -69,11 +70,7 @@ def main() -> None:
     report = {"benchmark": "FactorizedLinear vs nn.Linear forward+backward", "device": args.device if not cuda
               else torch.cuda.get_device_name(), "dtype": args.dtype, "tokens": tokens, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "results": rows}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import transformers as tf
 
 import hf_fnl
 from hf_fnl.optim import Flambe, Lamb, fnl_param_groups
+from report import emit  # benchmarks/report.py
 
 
 def main() -> None:
@@ -85,11 +86,7 @@ def main() -> None:
         "fd_overhead_pct_from_optimizer_steps": round(100 * (opt["flambe"] - opt["lamb"]) / med["lamb"], 2),
         "runs_ms": {k: [round(t, 1) for t in v] for k, v in times.items()},
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import transformers as tf
 
 import hf_fnl
 from hf_fnl.optim import FDAdamW, Flambe, Lamb, fnl_param_groups
+from report import emit  # benchmarks/report.py
 
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 
@@ -121,11 +122,7 @@ def main() -> None:
         "results": results,
         "notes": notes,
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

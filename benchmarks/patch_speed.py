@@ -20,6 +20,7 @@ import torch
 import transformers as tf
 
 import hf_fnl
+from report import emit  # benchmarks/report.py
 
 PRESETS = {
     "bert-base": dict(),
@@ -87,11 +88,7 @@ def main() -> None:
         "transformers": tf.__version__,
         "results": results,
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

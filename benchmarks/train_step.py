@@ -24,6 +24,7 @@ import transformers as tf
 from torch import nn
 
 import hf_fnl
+from report import emit  # benchmarks/report.py
 
 PRESETS = {
     "bert-base": dict(),
@@ -107,11 +108,7 @@ def main() -> None:
         "patched_rank_0.5_vs_halved_by_hand": round(med["patched_rank_0.5"] / med["halved_by_hand"], 4),
         "params": {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in states.items()},
     }
-    print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
