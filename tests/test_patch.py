@@ -250,3 +250,15 @@ def test_gpt2_cross_attention_layout():
     with torch.no_grad():
         out = half(ids, encoder_hidden_states=enc, output_attentions=True)
     assert out.cross_attentions[0].shape == (2, 4, SEQ, 5)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS, ids=ARCH_IDS)
+def test_sdpa_attention_at_full_and_half_rank(arch):
+    model = build(arch, attn="sdpa")
+    x = inputs(arch)
+    with torch.no_grad():
+        ref = model(**x).last_hidden_state
+        assert max_diff(patched_copy(model)(**x).last_hidden_state, ref) <= 1e-5
+        eager = patched_copy(build(arch, attn="eager"), rank=reduced_rank(arch))(**x).last_hidden_state
+        sdpa = patched_copy(model, rank=reduced_rank(arch))(**x).last_hidden_state
+    assert max_diff(sdpa, eager) <= 1e-5  # the narrower heads go through SDPA like through eager
