@@ -63,3 +63,20 @@ def test_phase1_on_two_cpu_processes(data):
     result = pretrain(data / "data64", data / "ddp", "--phase", "1", "--optimizer", "lamb", "--max-steps", "10",
                       "--per-device-batch", "4", launcher=launcher)
     assert len(result["history"]) == 2 and result["results"]["steps"] == 10
+
+
+def test_squad_finetune_of_the_pretrained_halved_model(data):
+    if not (data / "p1" / "model").exists():
+        pretrain(data / "data64", data / "p1", "--phase", "1", "--mha-rank", "0.5", "--optimizer", "flambe",
+                 "--max-steps", "40")
+    squad = os.path.join(ROOT, "tests", "fixtures", "squad_tiny.json")
+    out = data / "squad"
+    result = run([os.path.join(RECIPE, "finetune_squad.py"), "--model", str(data / "p1" / "model"), "--cpu",
+                  "--train-file", squad, "--validation-file", squad, "--max-seq-length", "64", "--doc-stride", "32",
+                  "--per-device-batch", "4", "--max-steps", "30", "--lr", "1e-3", "--output-dir", str(out)])
+    assert "patched by hf_fnl" in result.stdout
+    report = json.loads((out / "squad_results.json").read_text())
+    results = report["results"]
+    assert 0 <= results["exact_match"] <= results["f1"] <= 100
+    assert results["last_loss"] < results["first_loss"]
+    assert set(report["predictions"]) == {f"q{i}" for i in range(13)}
