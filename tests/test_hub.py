@@ -77,14 +77,14 @@ def test_sharded_and_bf16_checkpoints(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _run_plain_python(code: str) -> subprocess.CompletedProcess:
+def _run_plain_python(code: str, **env) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter where hf_fnl cannot be imported."""
     guard = "import sys, importlib.abc\n" \
             "class Block(importlib.abc.MetaPathFinder):\n" \
             "    def find_spec(self, name, *a):\n" \
             "        if name == 'hf_fnl' or name.startswith('hf_fnl.'): raise ImportError('hf_fnl blocked')\n" \
             "sys.meta_path.insert(0, Block())\n"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run([sys.executable, "-c", guard + code], capture_output=True, text=True, env=env, timeout=300,
                           cwd="/")
 
@@ -212,19 +212,20 @@ def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
     arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
     task = TASK_CLASS[arch.kind]
     model = hf_fnl.fnl_patch(build(arch, task), rank=rank_of(arch), scaling="rescale", progress=False)
-    hf_fnl.save_self_contained(model, str(tmp_path / "export"))
+    export = tmp_path / f"export_{model_type}"  # remote code is cached by folder name: one per model
+    hf_fnl.save_self_contained(model, str(export))
     x = inputs(arch)
     torch.save({"inputs": x, "expected": outputs(model, x)[0]}, tmp_path / "check.pt")
     code = (
         "import torch, transformers\n"
-        f"m = transformers.{task}.from_pretrained({str(tmp_path / 'export')!r}, trust_remote_code=True, "
+        f"m = transformers.{task}.from_pretrained({str(export)!r}, trust_remote_code=True, "
         "attn_implementation='eager').eval()\n"
         f"c = torch.load({str(tmp_path / 'check.pt')!r})\n"
         "out = m(**c['inputs'])\n"
         "got = out.logits\n"
         "print(type(m).__name__, (got - c['expected']).abs().max().item())\n"
     )
-    result = _run_plain_python(code)
+    result = _run_plain_python(code, HF_MODULES_CACHE=str(tmp_path / "modules"))
     assert result.returncode == 0, result.stderr[-3000:]
     name, diff = result.stdout.split()[-2:]
     assert name.startswith("FNL") and float(diff) == 0.0
