@@ -41,7 +41,7 @@ class FactorizedLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Fresh factors whose product has nn.Linear's default variance (the no-SI baseline)."""
-        m_out, m_in = self.u.shape[0], self.v.shape[1]
+        m_in = self.v.shape[1]
         # Var(Σ_r u v) = r σ_u² σ_v² should equal 1/(3 m_in) (kaiming_uniform with a=√5)
         std = (1.0 / (3 * m_in * self.rank)) ** 0.25
         with torch.no_grad():

@@ -8,7 +8,6 @@ loads the checkpoint where hf_fnl is not installed. It must not import hf_fnl. T
 
 import functools
 
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
