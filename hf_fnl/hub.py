@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .layers import FactorizedLayer
-from .patch import CONFIG_ATTR, PATCH_ATTR, _get, _new_projection, _set, _slot, apply_fnl_spec
+from .patch import CONFIG_ATTR, PATCH_ATTR, _get, _set, _slot, apply_fnl_spec, install_slots, set_head_size
 from .summary import fnl_summary
 
 __all__ = ["from_pretrained", "fnl_merge", "export_vanilla", "fnl_model_card", "fnl_push_to_hub", "install_load_hook", "save_self_contained",
@@ -137,15 +137,8 @@ def fnl_merge(model: nn.Module, inplace: bool = False) -> nn.Module:
             factor = (d_h / r) ** 0.5
             new["query"] = tuple(None if t is None else t * factor for t in new["query"])
             _set(module, L.scaling_attr, _get(module, L.scaling_attr) / factor)
-        for path in {getattr(L, s).path for s in new}:
-            slots = sorted((s for s in new if getattr(L, s).path == path), key=lambda s: getattr(L, s).chunk)
-            W = torch.cat([new[s][0] for s in slots])
-            bias = None if new[slots[0]][1] is None else torch.cat([new[s][1] for s in slots])
-            _set(module, path, _new_projection(module.get_submodule(path), W, bias))
-        for attr in L.head_size_attrs:
-            _set(module, attr, d_h)
-        for attr in L.width_attrs:
-            _set(module, attr, info.heads * d_h)
+        install_slots(module, L, new, set(new))
+        set_head_size(module, L, d_h, info.heads)
         delattr(module, PATCH_ATTR)
     delattr(model.config, CONFIG_ATTR)
     return model

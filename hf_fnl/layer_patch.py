@@ -127,10 +127,12 @@ def rank_scale_for_budget(model: nn.Module, targets: str | list[str], fraction: 
 
 def apply_layer_spec(model: nn.Module, layers: dict[str, dict], prefix: str) -> int:
     """Rebuild the factorized layers a saved spec describes (shapes only: a checkpoint fills them)."""
+    from .patch import name_aliases
+
     modules = dict(model.named_modules())
     rebuilt = 0
     for saved, entry in layers.items():
-        name = next((n for n in (saved, saved.removeprefix(prefix + "."), f"{prefix}.{saved}") if n in modules), None)
+        name = next((n for n in name_aliases(saved, prefix) if n in modules), None)
         if name is None or isinstance(modules[name], FactorizedLayer):
             continue
         old = modules[name]

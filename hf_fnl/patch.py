@@ -285,6 +285,29 @@ def _default_slots(plan: _Plan, old: dict) -> dict:
     return {**old, **{s: _empty_slot(old[s], shapes[s]) for f in plan.forms for s in _FORM_SLOTS[f]}}
 
 
+def install_slots(module: nn.Module, layout: AttentionLayout, new: dict, slots: set[str]) -> None:
+    """Rebuild every projection (a fused one once) that holds one of `slots`, from `new`
+    {slot: (weight (out, in), bias)}; cat copies, so no parameter shares storage with its source."""
+    for path in {getattr(layout, s).path for s in slots}:
+        chunks = sorted((s for s in _SLOTS if getattr(layout, s).path == path), key=lambda s: getattr(layout, s).chunk)
+        W = torch.cat([new[s][0] for s in chunks])
+        bias = None if new[chunks[0]][1] is None else torch.cat([new[s][1] for s in chunks])
+        _set(module, path, _new_projection(module.get_submodule(path), W, bias))
+
+
+def set_head_size(module: nn.Module, layout: AttentionLayout, head_size: int, heads: int) -> None:
+    for attr in layout.head_size_attrs:
+        _set(module, attr, head_size)
+    for attr in layout.width_attrs:
+        _set(module, attr, heads * head_size)
+
+
+def name_aliases(name: str, prefix: str) -> tuple[str, ...]:
+    """A module name as saved, without and with the base_model_prefix: a task model's checkpoint
+    loaded into its base model, or the reverse."""
+    return (name, name.removeprefix(prefix + "."), f"{prefix}.{name}") if prefix else (name,)
+
+
 def _patched_slots(plan: _Plan) -> set[str]:
     return {s for f in plan.forms for s in _FORM_SLOTS[f]}
 
@@ -297,20 +320,8 @@ def _patch_module(plan: _Plan, scaling: str, new: dict, si_error: dict[str, floa
     info = AttentionPatch(plan.name, layout, plan.forms, plan.head_dim, r, plan.heads, plan.kv_heads,
                           dict(si_error), dict(params_before))
 
-    # rebuild every projection (a fused one once) that holds a patched slot; cat copies, so no
-    # parameter shares storage with the stacked SI batch
-    paths = {getattr(layout, s).path for s in patched_slots}
-    for path in paths:
-        slots = sorted((s for s in _SLOTS if getattr(layout, s).path == path), key=lambda s: getattr(layout, s).chunk)
-        W = torch.cat([new[s][0] for s in slots])
-        biases = [new[s][1] for s in slots]
-        bias = None if biases[0] is None else torch.cat(biases)
-        _set(module, path, _new_projection(module.get_submodule(path), W, bias))
-
-    for attr in layout.head_size_attrs:
-        _set(module, attr, r)
-    for attr in layout.width_attrs:
-        _set(module, attr, plan.heads * r)
+    install_slots(module, layout, new, patched_slots)
+    set_head_size(module, layout, r, plan.heads)
     if scaling == "rescale":
         _set(module, layout.scaling_attr, _get(module, layout.scaling_attr) * (plan.head_dim / r) ** 0.5)
     setattr(module, PATCH_ATTR, info)
@@ -414,8 +425,7 @@ def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
     anything: projections get the patched shapes with uninitialized weights, for a checkpoint to
     fill. Modules already patched are left alone. Returns the number of modules patched now.
 
-    Module names are matched as saved, or with the model's base_model_prefix added or removed
-    (a task model's checkpoint loaded into its base model, or the reverse)."""
+    Module names are matched through `name_aliases`."""
     from .layer_patch import apply_layer_spec
 
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -427,8 +437,7 @@ def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
     for name, module, layout in fnl_attention_modules(model):
         if hasattr(module, PATCH_ATTR):
             continue
-        entry = saved.get(name) or saved.get(f"{prefix}.{name}") or (
-            saved.get(name.removeprefix(prefix + ".")) if prefix and name.startswith(prefix + ".") else None)
+        entry = next((saved[n] for n in name_aliases(name, prefix) if n in saved), None)
         if entry is None:
             continue
         plan = _plan_module(arch, name, module, layout, int(entry["rank"]), tuple(entry["forms"]))
