@@ -70,7 +70,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "BART family (self and cross attention)",
-        ("bart", "mbart", "marian"),
+        ("bart", "mbart", "marian", "m2m_100"),
         (_separate(*_PROJ, "out_proj", ["head_dim"]),),
     ),
     Architecture(

@@ -60,6 +60,8 @@ class FNLConfig:
     linear_rank: their rank: an int, or a float rank scale (fraction of min(m, n) for linear layers,
         of c_out·k for k×k convolutions, the paper's convention); above 1 is overcomplete.
     linear_inner: factorize as U M Vᵀ with M = I (the paper's "deep" overcomplete variant).
+    linear_init: "spectral" or "default" for the linear layers; None: `init` (the paper toggles SI
+        separately for attention and for linear layers).
     progress: show a tqdm progress bar while patching.
     """
 
@@ -72,6 +74,7 @@ class FNLConfig:
     linear_targets: str | list[str] | None = None
     linear_rank: int | float = 0.5
     linear_inner: bool = False
+    linear_init: str | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ class FNLConfig:
             raise ValueError(f"linear_rank must be a positive int or a positive float rank scale, got {self.linear_rank!r}")
         if self.init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
+        if self.linear_init not in (None, *_INITS):
+            raise ValueError(f"linear_init must be None (same as init) or one of {_INITS}, got {self.linear_init!r}")
         if self.scaling not in _SCALINGS:
             raise ValueError(f"scaling must be one of {_SCALINGS}, got {self.scaling!r}")
         _check_rank(self.rank, "FNLConfig.rank")

@@ -399,7 +399,7 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
         from .layer_patch import fnl_factorize_layers
 
         layers = fnl_factorize_layers(model, config.linear_targets, config.linear_rank, config.linear_inner,
-                                      config.init, progress=config.progress)
+                                      config.linear_init or config.init, progress=config.progress)
     setattr(model.config, CONFIG_ATTR, {
         "version": __version__,
         **config.to_dict(),

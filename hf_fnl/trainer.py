@@ -149,9 +149,8 @@ class FNLTrainer(Trainer):
             self._kls = KLSIntegrator(model, args.learning_rate, args.dlrt_theta)
             return self.optimizer
         targets = () if args.fnl_optim == "lamb" else tuple(args.fd_targets)
-        decoupled = args.effective_fd_coef if args.fd_mode == "decoupled" else 0.0
-        groups = fnl_param_groups(model, args.weight_decay, decoupled, targets, no_decay)
-        if targets and not any(g.get("fd_pairs") for g in groups):
+        groups = fnl_param_groups(model, args.weight_decay, args.effective_fd_coef, targets, no_decay, args.fd_mode)
+        if targets and not fnl_factor_pairs(model, targets):
             raise ValueError(f"fnl_optim={args.fnl_optim!r} with fd_targets={targets} found no factor pairs: "
                              "patch the model with hf_fnl.fnl_patch first, or use fnl_optim='lamb'")
         if args.fnl_optim in ("flambe", "lamb"):
@@ -161,11 +160,7 @@ class FNLTrainer(Trainer):
         elif args.fnl_optim == "adamw_fd":
             self.optimizer = FDAdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                      eps=args.adam_epsilon)
-        else:  # sgd_fd: SGD/NAG; factor tensors take FD through the loss instead of weight decay
-            for g in groups:
-                if g.pop("fd_pairs", None) is not None:
-                    g.pop("fd_coef")
-                    g["weight_decay"] = 0.0
+        else:  # sgd_fd: SGD/NAG; factor tensors take FD through the loss (fd_mode coupled) instead of weight decay
             self.optimizer = torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.sgd_momentum,
                                              nesterov=args.sgd_nesterov)
         self._coupled_fd_pairs = fnl_factor_pairs(model, tuple(targets)) if args.fd_mode == "coupled" else []

@@ -60,6 +60,7 @@ TINY_ARCHS = [
     TinyArch("bart", _bart_like(tf.BartConfig), S2S + ("AutoModelForSequenceClassification",), "seq2seq"),
     TinyArch("mbart", _bart_like(tf.MBartConfig), S2S + ("AutoModelForSequenceClassification",), "seq2seq"),
     TinyArch("marian", _bart_like(tf.MarianConfig, decoder_vocab_size=VOCAB), S2S, "seq2seq"),
+    TinyArch("m2m_100", _bart_like(tf.M2M100Config, encoder_layerdrop=0.0, decoder_layerdrop=0.0), S2S, "seq2seq"),
     TinyArch("t5", _t5_like(tf.T5Config), S2S, "seq2seq"),
     TinyArch("mt5", _t5_like(tf.MT5Config), S2S, "seq2seq"),
     TinyArch("gpt2", lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,

@@ -21,14 +21,20 @@ def default_no_decay(model: nn.Module) -> set[str]:
 
 
 def fnl_param_groups(model: nn.Module, weight_decay: float, fd_coef: float | None = None,
-                     fd_targets: Iterable[str] = ("ov",), no_decay: set[str] | None = None) -> list[dict]:
+                     fd_targets: Iterable[str] = ("ov",), no_decay: set[str] | None = None,
+                     fd_mode: str = "decoupled") -> list[dict]:
     """Three groups: the factor tensors (U, V and an inner M) of the `fd_targets` forms (with `fd_pairs`, FD coefficient
     `fd_coef`, default `weight_decay`: the paper's no-new-tuning rule), the other decayed tensors
     (`weight_decay`), and biases/norms (no decay). Empty groups are left out.
 
     A factor tensor's blocks outside any FD pair (e.g. the query/key part of GPT-2's fused c_attn
     when only OV is targeted) keep ordinary weight decay.
+
+    fd_mode="coupled" (SGD/NAG, FD added to the loss with `regularize.fd_penalty`): the factor group
+    has neither weight decay nor `fd_pairs`, so that plain torch optimizers take it.
     """
+    if fd_mode not in ("decoupled", "coupled"):
+        raise ValueError(f"fd_mode must be 'decoupled' or 'coupled', got {fd_mode!r}")
     fd_coef = weight_decay if fd_coef is None else fd_coef
     no_decay = default_no_decay(model) if no_decay is None else no_decay
     pairs = fnl_factor_pairs(model, forms=tuple(fd_targets))
@@ -48,4 +54,6 @@ def fnl_param_groups(model: nn.Module, weight_decay: float, fd_coef: float | Non
         {"params": [p for n, p in named if id(p) not in factor_ids and n not in no_decay], "weight_decay": weight_decay},
         {"params": [p for n, p in named if id(p) not in factor_ids and n in no_decay], "weight_decay": 0.0},
     ]
+    if fd_mode == "coupled":
+        groups[0] = {"params": fd_params, "weight_decay": 0.0}
     return [g for g in groups if g["params"]]
