@@ -117,13 +117,11 @@ def build_model(args, tokenizer):
     if preset["config"] is MarianConfig:
         config.decoder_vocab_size, config.share_encoder_decoder_embeddings = len(tokenizer), True
     model = AutoModelForSeq2SeqLM.from_config(config)
-    if args.rank is not None or args.linear_rank_scale:
-        hf_fnl.fnl_patch(
-            model, rank=args.rank if args.rank is not None else 1.0,
-            forms=tuple(args.forms.split(",")) if args.rank is not None else (),
-            init="spectral" if args.spectral_mha else "default",
-            linear_targets=args.linear_targets if args.linear_rank_scale else None, linear_rank=args.linear_rank_scale,
-            linear_init="spectral" if args.spectral_linear else "default", progress=False)
+    attention = dict(rank=args.rank, forms=tuple(args.forms.split(","))) if args.rank is not None else dict(forms=())
+    linear = dict(linear_targets=args.linear_targets, linear_rank=args.linear_rank_scale) if args.linear_rank_scale else {}
+    if attention["forms"] or linear:
+        hf_fnl.fnl_patch(model, **attention, **linear, init="spectral" if args.spectral_mha else "default",
+                         linear_init="spectral" if args.spectral_linear else "default", progress=False)
     return model
 
 
@@ -272,12 +270,12 @@ def main(argv=None) -> dict:
     with accelerator.main_process_first():
         data = data.map(lambda batch: tokenizer(batch[SRC], text_target=batch[TGT]), batched=True, desc="BPE")
     model = build_model(args, tokenizer)
-    pad = DataCollatorForSeq2Seq(tokenizer)  # labels padded with -100
+    pad, start = DataCollatorForSeq2Seq(tokenizer), model.config.decoder_start_token_id  # labels padded with -100
 
     def collator(features):  # teacher forcing: the decoder reads the labels shifted right behind </s>
         batch = pad(features)
         labels = batch["labels"]
-        batch["decoder_input_ids"] = torch.cat([torch.full_like(labels[:, :1], model.config.decoder_start_token_id),
+        batch["decoder_input_ids"] = torch.cat([torch.full_like(labels[:, :1], start),
                                                 labels[:, :-1].masked_fill(labels[:, :-1] == -100, tokenizer.pad_token_id)], 1)
         return batch
     model_columns = ["input_ids", "attention_mask", "labels"]
