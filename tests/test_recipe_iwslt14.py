@@ -205,9 +205,10 @@ def test_two_cpu_processes_train_translate_and_score(data, tmp_path):
     assert {m["rank"] for m in model.config.fnl["modules"].values()} == {4}  # tiny: head size 8, halved
 
 
-def test_resume_continues_from_the_checkpoint(data, tmp_path):
+def test_resume_with_gradient_accumulation_continues_from_the_checkpoint(data, tmp_path):
     flags = ["--rank", "1.0", "--optimizer", "nag", "--lr", "0.05", "--decay", "1e-4", "--decay-kind", "fd-qkov",
-             "--max-updates", "20", "--eval-steps", "20", "--checkpoint-steps", "10", "--eval-max-samples", "4"]
+             "--max-updates", "20", "--eval-steps", "20", "--checkpoint-steps", "10", "--eval-max-samples", "4",
+             "--gradient-accumulation-steps", "2"]
     full = train_run(data, tmp_path / "full", *flags)
     resumed = train_run(data, tmp_path / "resumed", *flags, "--resume-from", str(tmp_path / "full" / "checkpoint-10"))
     assert [h["step"] for h in resumed["history"] if "loss" in h] == [15, 20]
