@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import os
 import tempfile
 from typing import Any
@@ -196,23 +197,27 @@ _AUTO_MAPPINGS = {  # Auto class → the name table transformers keeps for it
 }
 
 
+def _without_package_imports(module) -> str:
+    """A module's source with its module-level imports from hf_fnl (and __future__) removed: the
+    exported file holds every name they bring."""
+    lines = inspect.getsource(module).splitlines()
+    return "\n".join(line for line in lines if not line.startswith(("from .", "from __future__")))
+
+
 def save_self_contained(model: nn.Module, directory: str, **card_kwargs) -> None:
     """Save a patched model so that transformers alone loads it:
     `AutoModel….from_pretrained(directory, trust_remote_code=True)` on a machine without hf_fnl.
 
     Writes the weights, the card, modeling_fnl.py (hf_fnl/standalone.py plus subclasses of the
-    saved class and of its base model whose post_init rebuilds the patched shapes) and an
+    saved class and of its base model whose post_init rebuilds the patched shapes; layers.py goes
+    first, for factorized Linear/Conv2d layers) and an
     `auto_map` in config.json pointing the matching Auto classes at them."""
-    import inspect
     import json
 
     from transformers.models.auto import modeling_auto
 
-    from . import standalone
+    from . import layers, standalone
 
-    if getattr(model.config, CONFIG_ATTR).get("layers"):
-        raise NotImplementedError("a self-contained export of factorized Linear/Conv2d layers is not supported yet: "
-                                  "fnl_merge the model first, or load it with hf_fnl")
     model_type = model.config.model_type
     classes = {type(model).__name__}
     base = getattr(modeling_auto, "MODEL_MAPPING_NAMES", {}).get(model_type)
@@ -223,7 +228,8 @@ def save_self_contained(model: nn.Module, directory: str, **card_kwargs) -> None
         name = getattr(modeling_auto, table, {}).get(model_type)
         if name in classes:
             auto_map[auto] = f"modeling_fnl.FNL{name}"
-    code = [inspect.getsource(standalone), "", "import transformers", ""]
+    code = ["from __future__ import annotations", "", *map(_without_package_imports, (layers, standalone)),
+            "", "import transformers", ""]
     for name in sorted(classes):
         code += [f"class FNL{name}(transformers.{name}):",
                  "    def post_init(self):",

@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
 
-__all__ = ["fnl_factorize_layers", "layer_rank", "factorized_params", "rank_scale_for_budget", "apply_layer_spec"]
+__all__ = ["fnl_factorize_layers", "layer_rank", "factorized_params", "rank_scale_for_budget"]
 
 DENSE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
 
@@ -123,28 +123,3 @@ def rank_scale_for_budget(model: nn.Module, targets: str | list[str], fraction: 
         mid = (low + high) / 2
         low, high = (mid, high) if kept(mid) < fraction else (low, mid)
     return high
-
-
-def apply_layer_spec(model: nn.Module, layers: dict[str, dict], prefix: str) -> int:
-    """Rebuild the factorized layers a saved spec describes (shapes only: a checkpoint fills them)."""
-    from .patch import name_aliases
-
-    modules = dict(model.named_modules())
-    rebuilt = 0
-    for saved, entry in layers.items():
-        name = next((n for n in name_aliases(saved, prefix) if n in modules), None)
-        if name is None or isinstance(modules[name], FactorizedLayer):
-            continue
-        old = modules[name]
-        factory = dict(device=old.weight.device, dtype=old.weight.dtype)
-        if entry["kind"] == "conv2d":
-            new = FactorizedConv2d(entry["in_channels"], entry["out_channels"], entry["kernel_size"], entry["rank"],
-                                   entry["stride"], entry["padding"], entry["dilation"], entry["bias"], entry["inner"], **factory)
-        else:
-            new = FactorizedLinear(entry["in_features"], entry["out_features"], entry["rank"], entry["bias"],
-                                   entry["inner"], **factory)
-        new.si_error, new.params_before = entry.get("si_error"), entry.get("params_before")
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
-        rebuilt += 1
-    return rebuilt

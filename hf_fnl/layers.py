@@ -97,6 +97,12 @@ class FactorizedLinear(FactorizedLayer):
             h = F.linear(h, self.m)
         return F.linear(h, self.u, self.bias)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (out_features × in_features) weight the layer applies, computed: for code that
+        reads `layer.weight` of a Linear (its dtype, device or shape)."""
+        return self.product()
+
     @classmethod
     def from_dense(cls, layer: nn.Linear | Conv1D, rank: int, inner: bool = False, init: str = "spectral",
                    generator: torch.Generator | None = None) -> FactorizedLinear:
@@ -116,7 +122,7 @@ class FactorizedLinear(FactorizedLayer):
     def to_dense(self) -> nn.Linear:
         dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                           device=self.u.device, dtype=self.u.dtype)
-        dense.weight.copy_(self.product())
+        dense.weight.copy_(self.weight)
         if self.bias is not None:
             dense.bias.copy_(self.bias)
         return dense
@@ -157,6 +163,13 @@ class FactorizedConv2d(FactorizedLayer):
         last = self.u.view(self.out_channels, k, r).permute(0, 2, 1).unsqueeze(2)
         return F.conv2d(h, last, self.bias, (1, self.stride[1]), (0, self.padding[1]), (1, self.dilation[1]))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (c_out, c_in, k, k) kernel the layer applies, computed: for code that reads
+        `conv.weight` (transformers' ViT reads its patch projection's dtype)."""
+        k = self.kernel_size
+        return self.product().view(self.out_channels, k, self.in_channels, k).permute(0, 2, 3, 1)
+
     @staticmethod
     def kernel_matrix(kernel: torch.Tensor) -> torch.Tensor:
         """(c_out, c_in, k, k) kernel → the (c_out·k) × (c_in·k) matrix P[(o, w), (c, h)]."""
@@ -184,7 +197,7 @@ class FactorizedConv2d(FactorizedLayer):
         k = self.kernel_size
         dense = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding, self.dilation,
                           bias=self.bias is not None, device=self.u.device, dtype=self.u.dtype)
-        dense.weight.copy_(self.product().view(self.out_channels, k, self.in_channels, k).permute(0, 2, 3, 1))
+        dense.weight.copy_(self.weight)
         if self.bias is not None:
             dense.bias.copy_(self.bias)
         return dense

@@ -22,6 +22,7 @@ from .blocks import BlockLayout
 from .architectures import Architecture, AttentionLayout, Projection, architecture_for
 from .config import FNLConfig, resolve_rank
 from .factorize import augment_with_bias, relative_tail_error, spectral_product_factors
+from .standalone import apply_layer_spec, name_aliases
 
 __all__ = ["fnl_patch", "is_fnl_patched", "fnl_factor_pairs", "fnl_attention_modules", "AttentionPatch", "FactorPair", "HeadBlocks"]
 
@@ -302,12 +303,6 @@ def set_head_size(module: nn.Module, layout: AttentionLayout, head_size: int, he
         _set(module, attr, heads * head_size)
 
 
-def name_aliases(name: str, prefix: str) -> tuple[str, ...]:
-    """A module name as saved, without and with the base_model_prefix: a task model's checkpoint
-    loaded into its base model, or the reverse."""
-    return (name, name.removeprefix(prefix + "."), f"{prefix}.{name}") if prefix else (name,)
-
-
 def _patched_slots(plan: _Plan) -> set[str]:
     return {s for f in plan.forms for s in _FORM_SLOTS[f]}
 
@@ -426,8 +421,6 @@ def apply_fnl_spec(model: nn.Module, spec: dict) -> int:
     fill. Modules already patched are left alone. Returns the number of modules patched now.
 
     Module names are matched through `name_aliases`."""
-    from .layer_patch import apply_layer_spec
-
     prefix = getattr(model, "base_model_prefix", "") or ""
     patched = apply_layer_spec(model, spec.get("layers") or {}, prefix)
     saved = spec.get("modules") or {}

@@ -1,8 +1,9 @@
 """Rebuild an hf-fnl patched structure with torch and transformers alone.
 
-A self-contained export copies this file next to the weights as modeling_fnl.py, with subclasses
-of the saved model classes appended, so that `AutoModel…from_pretrained(dir, trust_remote_code=True)`
-loads the checkpoint where hf_fnl is not installed. It must not import hf_fnl. The saved spec
+A self-contained export copies hf_fnl/layers.py and this file next to the weights as
+modeling_fnl.py (relative imports removed), with subclasses of the saved model classes appended,
+so that `AutoModel…from_pretrained(dir, trust_remote_code=True)` loads the checkpoint where hf_fnl
+is not installed. So this file imports nothing from hf_fnl but the layer classes. The saved spec
 (config.fnl) carries each module's layout, so no architecture table is needed here.
 """
 
@@ -10,6 +11,14 @@ import functools
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
+
+
+def name_aliases(name: str, prefix: str) -> tuple:
+    """A module name as saved, without and with the base_model_prefix: a task model's checkpoint
+    loaded into its base model, or the reverse."""
+    return (name, name.removeprefix(prefix + "."), f"{prefix}.{name}") if prefix else (name,)
 
 
 def _get(obj, dotted):
@@ -32,15 +41,39 @@ def _empty_projection(old, in_features, out_features):
     return new
 
 
+def apply_layer_spec(model, layers, prefix):
+    """Rebuild the factorized layers a saved spec describes (shapes only: a checkpoint fills them).
+    Returns the number of layers replaced now."""
+    modules = dict(model.named_modules())
+    rebuilt = 0
+    for saved, entry in layers.items():
+        name = next((n for n in name_aliases(saved, prefix) if n in modules), None)
+        if name is None or isinstance(modules[name], FactorizedLayer):
+            continue
+        old = modules[name]
+        factory = dict(device=old.weight.device, dtype=old.weight.dtype)
+        if entry["kind"] == "conv2d":
+            new = FactorizedConv2d(entry["in_channels"], entry["out_channels"], entry["kernel_size"], entry["rank"],
+                                   entry["stride"], entry["padding"], entry["dilation"], entry["bias"], entry["inner"], **factory)
+        else:
+            new = FactorizedLinear(entry["in_features"], entry["out_features"], entry["rank"], entry["bias"],
+                                   entry["inner"], **factory)
+        new.si_error, new.params_before = entry.get("si_error"), entry.get("params_before")
+        _set(model, name, new)
+        rebuilt += 1
+    return rebuilt
+
+
 def restructure(model, spec):
-    """Give every module named in spec["modules"] its patched projection shapes and head size.
+    """Give every module named in spec["modules"] its patched projection shapes and head size, and
+    every layer in spec["layers"] its factorized form.
 
     Names are matched as saved or with the model's base_model_prefix removed or added."""
     prefix = getattr(model, "base_model_prefix", "") or ""
+    apply_layer_spec(model, spec.get("layers") or {}, prefix)
     names = dict(model.named_modules())
     for saved_name, entry in spec["modules"].items():
-        candidates = [saved_name, saved_name.removeprefix(prefix + "."), f"{prefix}.{saved_name}"]
-        name = next((n for n in candidates if n in names), None)
+        name = next((n for n in name_aliases(saved_name, prefix) if n in names), None)
         if name is None or getattr(names[name], "_fnl_restructured", False):
             continue
         module, layout, r = names[name], entry["layout"], entry["rank"]

@@ -207,12 +207,8 @@ def test_unpatched_checkpoint_is_refused_by_hf_fnl_loader(tmp_path):
         hf_fnl.from_pretrained(str(tmp_path))
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gpt2", "t5", "qwen2"])
-def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
-    task = TASK_CLASS[arch.kind]
-    model = hf_fnl.fnl_patch(build(arch, task), rank=rank_of(arch), scaling="rescale", progress=False)
-    export = tmp_path / f"export_{model_type}"  # remote code is cached by folder name: one per model
+def _assert_self_contained_export_loads_without_hf_fnl(model, arch, task, tmp_path):
+    export = tmp_path / f"export_{arch.model_type}"  # remote code is cached by folder name: one per model
     hf_fnl.save_self_contained(model, str(export))
     x = inputs(arch)
     torch.save({"inputs": x, "expected": outputs(model, x)[0]}, tmp_path / "check.pt")
@@ -229,6 +225,26 @@ def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     name, diff = result.stdout.split()[-2:]
     assert name.startswith("FNL") and float(diff) == 0.0
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "t5", "qwen2"])
+def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
+    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    task = TASK_CLASS[arch.kind]
+    model = hf_fnl.fnl_patch(build(arch, task), rank=rank_of(arch), scaling="rescale", progress=False)
+    _assert_self_contained_export_loads_without_hf_fnl(model, arch, task, tmp_path)
+
+
+@pytest.mark.parametrize("model_type,targets", [("bert", r".*(intermediate|output)\.dense"),
+                                                ("vit", r".*(patch_embeddings\.projection|mlp\.fc1)")])
+def test_self_contained_export_of_factorized_layers(model_type, targets, tmp_path):
+    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    task = TASK_CLASS[arch.kind]
+    model = hf_fnl.fnl_patch(build(arch, task), rank=0.5, linear_targets=targets, linear_rank=0.5, linear_inner=True,
+                             progress=False)
+    kinds = {entry["kind"] for entry in model.config.fnl["layers"].values()}
+    assert kinds == ({"linear", "conv2d"} if model_type == "vit" else {"linear"})
+    _assert_self_contained_export_loads_without_hf_fnl(model, arch, task, tmp_path)
 
 
 @pytest.mark.parametrize("scaling", ["original", "rescale"])

@@ -32,12 +32,27 @@ def test_fnl_patch_factorizes_the_ffn_and_leaves_attention_projections_to_the_at
         assert torch.isfinite(model(**inputs(BERT)).logits).all()
 
 
-def test_full_rank_linear_factorization_reproduces_the_model():
-    model = build(BERT, "AutoModelForMaskedLM")
-    patched = hf_fnl.fnl_patch(copy.deepcopy(model), linear_targets=FFN, linear_rank=1.0, progress=False)
-    x = inputs(BERT)
+@pytest.mark.parametrize("model_type,targets,task", [
+    ("bert", FFN, "AutoModelForMaskedLM"),
+    # ViT's forward reads its patch projection's weight dtype: FactorizedConv2d.weight answers it
+    ("vit", r".*(patch_embeddings\.projection|mlp\.fc1)", "AutoModelForImageClassification"),
+])
+def test_full_rank_linear_factorization_reproduces_the_model(model_type, targets, task):
+    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    model = build(arch, task)
+    patched = hf_fnl.fnl_patch(copy.deepcopy(model), linear_targets=targets, linear_rank=1.0, progress=False)
+    assert len(patched.config.fnl["layers"]) == 4 if model_type == "bert" else 3  # 2 layers x 2, or conv + 2 fc1
+    x = inputs(arch)
     with torch.no_grad():
         assert (model(**x).logits - patched(**x).logits).abs().max() <= 1e-5
+
+
+def test_weight_property_is_the_dense_weight():
+    linear, conv = nn.Linear(7, 5), nn.Conv2d(3, 4, 3, padding=1)
+    for dense, cls in ((linear, FactorizedLinear), (conv, FactorizedConv2d)):
+        factorized = cls.from_dense(dense, 100)  # above full rank: exact
+        assert factorized.weight.shape == dense.weight.shape
+        assert (factorized.weight - dense.weight).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("inner", [False, True])
