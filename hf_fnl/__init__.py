@@ -8,7 +8,7 @@ from .patch import FactorPair, HeadBlocks, fnl_factor_pairs, fnl_patch, is_fnl_p
 from .hub import (  # noqa: E402
     export_vanilla, fnl_merge, fnl_model_card, fnl_push_to_hub, from_pretrained, install_load_hook, save_self_contained, save_with_card,
 )
-from .dlrt import DLRTLinear, KLSIntegrator, fnl_dlrt_layers  # noqa: E402
+from .dlrt import DLRTLinear, KLSIntegrator, fnl_dlrt_layers, fnl_dlrt_to_factorized  # noqa: E402
 from .layer_patch import fnl_factorize_layers, rank_scale_for_budget  # noqa: E402
 from .layers import FactorizedConv2d, FactorizedLinear  # noqa: E402
 from .regularize import fd_penalty, form_norms  # noqa: E402
@@ -37,6 +37,7 @@ __all__ = [
     "DLRTLinear",
     "KLSIntegrator",
     "fnl_dlrt_layers",
+    "fnl_dlrt_to_factorized",
     "FactorizedConv2d",
     "FactorizedLinear",
     "fnl_factorize_layers",

@@ -24,7 +24,7 @@ from torch import nn
 
 from .factorize import compute_dtype
 
-__all__ = ["DLRTLinear", "KLSIntegrator", "fnl_dlrt_layers"]
+__all__ = ["DLRTLinear", "KLSIntegrator", "fnl_dlrt_layers", "fnl_dlrt_to_factorized"]
 
 
 class DLRTLinear(nn.Module):
@@ -152,3 +152,37 @@ def fnl_dlrt_layers(model: nn.Module, targets: str | list[str], rank: int | floa
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, DLRTLinear.from_dense(layer, layer_rank(layer, rank)))
     return [n for n, _ in found]
+
+
+@torch.no_grad()
+def fnl_dlrt_to_factorized(model: nn.Module) -> dict[str, int]:
+    """Freeze the adapted ranks: every DLRTLinear becomes the FactorizedLinear U Vᵀ of its current
+    rank (U ← U S; exact), recorded in config.fnl["layers"], so that the rank-adapted model saves,
+    reloads (hf_fnl.from_pretrained), merges (fnl_merge) and exports like any factorized model.
+    Returns {layer name: rank}."""
+    from .config import FNLConfig
+    from .layer_patch import _spec_entry
+    from .layers import FactorizedLinear
+    from .patch import record_spec
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, DLRTLinear)]
+    if not found:
+        raise ValueError("the model has no DLRTLinear layer (fnl_dlrt_layers makes them)")
+    params_before = sum(p.numel() for p in model.parameters()) + sum(
+        m.in_features * m.out_features for _, m in found)  # as if the DLRT layers were still dense
+    entries = {}
+    for name, layer in found:
+        new = FactorizedLinear(layer.in_features, layer.out_features, layer.rank, bias=layer.bias is not None,
+                               device=layer.U.device, dtype=layer.U.dtype)
+        new.set_factors(layer.U @ layer.S, layer.V)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+        new.params_before = layer.in_features * layer.out_features + (layer.bias.numel() if layer.bias is not None else 0)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+        entries[name] = _spec_entry(new)
+    if hasattr(model, "config"):  # a transformers model: record the layers for save/reload
+        ranks = [e["rank"] for e in entries.values()]
+        record_spec(model, FNLConfig(forms=(), linear_targets=list(entries), linear_rank=max(ranks), progress=False),
+                    params_before, {}, entries)  # linear_rank: the largest; each layer's own rank is in its entry
+    return {n: e["rank"] for n, e in entries.items()}

@@ -395,17 +395,24 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
 
         layers = fnl_factorize_layers(model, config.linear_targets, config.linear_rank, config.linear_inner,
                                       config.linear_init or config.init, progress=config.progress)
+    record_spec(model, config, params_before, {i.name: {
+        "rank": i.rank, "head_dim": i.head_dim, "heads": i.heads, "kv_heads": i.kv_heads, "forms": list(i.forms),
+        "layout": _layout_dict(i.layout), "si_error": i.si_error, "params_before": i.params_before} for i in infos}, layers)
+    return model
+
+
+def record_spec(model: nn.Module, config: FNLConfig, params_before: int, modules: dict, layers: dict) -> None:
+    """Store the patch spec in model.config.fnl (what save_pretrained writes and a reload rebuilds);
+    a model that has one already gets the new layers added to it."""
+    spec = getattr(model.config, CONFIG_ATTR, None)
+    if spec is not None:
+        spec["modules"].update(modules)
+        spec["layers"].update(layers)
+        return
     setattr(model.config, CONFIG_ATTR, {
-        "version": __version__,
-        **config.to_dict(),
-        "params_before": params_before,
-        "modules": {i.name: {"rank": i.rank, "head_dim": i.head_dim, "heads": i.heads, "kv_heads": i.kv_heads,
-                             "forms": list(i.forms), "layout": _layout_dict(i.layout),
-                             "si_error": i.si_error, "params_before": i.params_before} for i in infos},
-        "layers": layers,
+        "version": __version__, **config.to_dict(), "params_before": params_before, "modules": modules, "layers": layers,
         "load_with": "pip install hf-fnl; hf_fnl.from_pretrained(path) (or transformers' from_pretrained after import hf_fnl)",
     })
-    return model
 
 
 def _layout_dict(layout: AttentionLayout) -> dict:

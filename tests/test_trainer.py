@@ -138,5 +138,22 @@ def test_rank_adaptive_kls_training_through_the_trainer(tmp_path):
     assert len(history) == 16 and all(set(h) == set(names) for h in history)
     assert len({r for h in history for r in h.values()}) > 1  # the ranks moved
     assert "fnl/dlrt_mean_rank" in trainer.state.log_history[-2]
+
+    # the adapted ranks, frozen into FactorizedLinear layers, save, reload and merge exactly
+    model.eval()
+    x = torch.randint(3, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+    ranks = hf_fnl.fnl_dlrt_to_factorized(model)
+    assert ranks == history[-1]
+    model.save_pretrained(tmp_path / "adapted")
+    reloaded = hf_fnl.from_pretrained(str(tmp_path / "adapted")).eval()
+    merged = hf_fnl.fnl_merge(reloaded)
+    with torch.no_grad():
+        for m in (model, reloaded, merged):
+            assert (m(input_ids=x).logits - expected).abs().max() <= 1e-5
+    assert {n: e["rank"] for n, e in reloaded.config.fnl["layers"].items()} == ranks
+    assert not any(isinstance(m, DLRTLinear) for m in reloaded.modules())
+
     with pytest.raises(ValueError, match="gradient_accumulation_steps=1"):
         hf_fnl.FNLTrainingArguments(output_dir=str(tmp_path), fnl_optim="kls", gradient_accumulation_steps=2)
