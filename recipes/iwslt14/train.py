@@ -270,12 +270,12 @@ def main(argv=None) -> dict:
     with accelerator.main_process_first():
         data = data.map(lambda batch: tokenizer(batch[SRC], text_target=batch[TGT]), batched=True, desc="BPE")
     model = build_model(args, tokenizer)
-    pad, start = DataCollatorForSeq2Seq(tokenizer), model.config.decoder_start_token_id  # labels padded with -100
+    pad, decoder_start = DataCollatorForSeq2Seq(tokenizer), model.config.decoder_start_token_id  # labels padded with -100
 
     def collator(features):  # teacher forcing: the decoder reads the labels shifted right behind </s>
         batch = pad(features)
         labels = batch["labels"]
-        batch["decoder_input_ids"] = torch.cat([torch.full_like(labels[:, :1], start),
+        batch["decoder_input_ids"] = torch.cat([torch.full_like(labels[:, :1], decoder_start),
                                                 labels[:, :-1].masked_fill(labels[:, :-1] == -100, tokenizer.pad_token_id)], 1)
         return batch
     model_columns = ["input_ids", "attention_mask", "labels"]
