@@ -22,7 +22,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, get_linear_schedule_with_warmup
 
-import hf_fnl  # noqa: F401  (a patched checkpoint loads with its patched shapes)
+import hf_fnl  # importing it lets a patched checkpoint load with its patched shapes
+from hf_fnl.loop import finish
 from hf_fnl.squad_metric import squad_v1_scores
 
 
@@ -170,6 +171,8 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.output_dir, "squad_results.json"), "w") as f:
             json.dump({"results": results, "losses": losses, "predictions": predictions}, f, indent=2)
         print(json.dumps(results))
+    model = accelerator.unwrap_model(model)  # no reference to the DDP wrapper may outlive finish()
+    finish(accelerator)
     return results
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForPreTraining, DataCollatorForLanguageModeling
 
 import hf_fnl
+from hf_fnl.loop import endless, finish, load_checkpoint, save_checkpoint
 from hf_fnl.optim import Flambe, Lamb, fnl_param_groups
 from hf_fnl.trainer import nvidia_poly_schedule
 
@@ -161,23 +162,16 @@ def main(argv=None) -> dict:
     accelerator.init_trackers("bert_pretrain", config={k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str))})
 
     # 4. resume
-    step = 0
-    if args.resume_from:
-        accelerator.load_state(args.resume_from)
-        step = int(open(os.path.join(args.resume_from, "step.txt")).read())
+    step = load_checkpoint(accelerator, args.resume_from) if args.resume_from else 0
 
     # 5. the loop: one optimizer step per `accumulation` micro-batches
     history, start = [], time.perf_counter()
     seen_tokens = torch.zeros((), device=accelerator.device)
-    batches = iter(train_dl)
+    batches = endless(train_dl)
     progress = tqdm(total=args.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
     model.train()
     while step < args.max_steps:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(train_dl)
-            batch = next(batches)
+        batch = next(batches)
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -200,25 +194,22 @@ def main(argv=None) -> dict:
             accelerator.log(entry, step=step)
             progress.set_postfix(loss=f"{entry['loss']:.3f}")
         if step % args.checkpoint_steps == 0 and step < args.max_steps:
-            directory = os.path.join(args.output_dir, f"checkpoint-{step}")
-            accelerator.save_state(directory)
-            if accelerator.is_main_process:
-                open(os.path.join(directory, "step.txt"), "w").write(str(step))
+            save_checkpoint(accelerator, args.output_dir, step)
     progress.close()
 
     # 6. evaluate, save, plot
     results = {**evaluate(model, eval_dl, accelerator), "params": params, "steps": step,
                "final_train_loss": history[-1]["loss"] if history else None}
-    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)  # no reference to the DDP wrapper may outlive finish()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(os.path.join(args.output_dir, "model"))
+        model.save_pretrained(os.path.join(args.output_dir, "model"))
         tokenizer.save_pretrained(os.path.join(args.output_dir, "model"))
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump({"results": results, "history": history}, f, indent=2)
         if history:
             plot_losses(history, os.path.join(args.output_dir, "loss.png"))
         print(json.dumps(results))
-    accelerator.end_training()
+    finish(accelerator)
     return results
 
 

@@ -37,6 +37,7 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForS
                           get_inverse_sqrt_schedule)
 
 import hf_fnl
+from hf_fnl.loop import endless, finish, load_checkpoint, save_checkpoint
 from hf_fnl.optim import FDAdamW, fnl_param_groups
 from hf_fnl.regularize import fd_penalty
 
@@ -300,23 +301,16 @@ def main(argv=None) -> dict:
     accelerator.init_trackers("iwslt14", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))})
 
     # 4. resume
-    step = 0
-    if args.resume_from:
-        accelerator.load_state(args.resume_from)
-        step = int(open(os.path.join(args.resume_from, "step.txt")).read())
+    step = load_checkpoint(accelerator, args.resume_from) if args.resume_from else 0
 
     # 5. the loop: one update per `gradient_accumulation_steps` micro-batches
     history, start = [], time.perf_counter()
     target_tokens = torch.zeros((), device=accelerator.device)
-    batches = iter(train_dl)
+    batches = endless(train_dl)
     progress = tqdm(total=args.max_updates, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     model.train()
     while step < args.max_updates:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(train_dl)
-            batch = next(batches)
+        batch = next(batches)
         with accelerator.accumulate(model):
             labels = batch.pop("labels")
             loss, nll = label_smoothed_loss(model(**batch).logits, labels, args.label_smoothing)
@@ -345,10 +339,7 @@ def main(argv=None) -> dict:
             history.append(entry)
             accelerator.log(entry, step=step)
         if step % args.checkpoint_steps == 0 and step < args.max_updates:
-            directory = os.path.join(args.output_dir, f"checkpoint-{step}")
-            accelerator.save_state(directory)
-            if accelerator.is_main_process:
-                open(os.path.join(directory, "step.txt"), "w").write(str(step))
+            save_checkpoint(accelerator, args.output_dir, step)
     progress.close()
 
     # 6. translate validation and test with beam search, score, save, plot
@@ -362,16 +353,16 @@ def main(argv=None) -> dict:
                 f.write("\n".join(hypotheses) + "\n")
     accelerator.log({f"{split}/{k}": v for split in ("validation", "test") for k, v in results[split].items()
                      if isinstance(v, float)}, step=step)
-    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)  # no reference to the DDP wrapper may outlive finish()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(os.path.join(args.output_dir, "model"))
+        model.save_pretrained(os.path.join(args.output_dir, "model"))
         tokenizer.save_pretrained(os.path.join(args.output_dir, "model"))
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump({"results": results, "args": vars(args), "history": history}, f, indent=2)
         if history:
             plot_history(history, os.path.join(args.output_dir, "loss.png"))
         print(json.dumps(results))
-    accelerator.end_training()
+    finish(accelerator)
     return results
 
 

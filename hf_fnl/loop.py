@@ -1,0 +1,44 @@
+"""Pieces of an accelerate training loop that the recipes share: an endless batch stream,
+checkpoints that remember their update count, and a clean end of a distributed run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+__all__ = ["endless", "save_checkpoint", "load_checkpoint", "finish"]
+
+STEP_FILE = "step.txt"
+
+
+def endless(dataloader: Iterable) -> Iterator:
+    """The dataloader's batches, epoch after epoch (each epoch iterates, and so reshuffles, anew)."""
+    while True:
+        yield from dataloader
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int) -> str:
+    """accelerator.save_state into output_dir/checkpoint-<step>, with the update count beside it."""
+    directory = os.path.join(output_dir, f"checkpoint-{step}")
+    accelerator.save_state(directory)
+    if accelerator.is_main_process:
+        with open(os.path.join(directory, STEP_FILE), "w") as f:
+            f.write(str(step))
+    return directory
+
+
+def load_checkpoint(accelerator, directory: str) -> int:
+    """Restore a save_checkpoint directory; returns the update count to continue from."""
+    accelerator.load_state(directory)
+    with open(os.path.join(directory, STEP_FILE)) as f:
+        return int(f.read())
+
+
+def finish(accelerator) -> None:
+    """End the run on every process together: free the prepared (DDP-wrapped) objects, whose reducers
+    hold the process group, then end the trackers and destroy the group. Left to garbage collection
+    at exit, gloo's process-group destructor can wait forever on a peer process that has already
+    exited. The caller must hold no reference to the wrapped model (unwrap it first)."""
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # drops accelerate's references and collects them
+    accelerator.end_training()
