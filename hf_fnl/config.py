@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["FNLConfig", "FORMS", "resolve_rank"]
+__all__ = ["FNLConfig", "FORMS", "resolve_rank", "check_layer_rank", "matches_targets"]
 
 FORMS = ("qk", "ov")
 _INITS = ("spectral", "default")
@@ -23,6 +23,19 @@ def _check_rank(rank, where: str) -> None:
             f"{where}: a float rank is a fraction of the head size and must be in (0, 1], got {rank!r}; "
             "pass an int for an absolute rank"
         )
+
+
+def check_layer_rank(rank, where: str) -> None:
+    """A factorized layer's rank: a positive int (absolute) or a positive float rank scale."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0:
+        raise ValueError(f"{where} must be a positive int or a positive float rank scale, got {rank!r}")
+
+
+def matches_targets(targets: str | list[str], name: str) -> bool:
+    """Whether a module name is targeted: `targets` is a regex (full match) or a list of name suffixes."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def resolve_rank(rank: int | float, head_dim: int, where: str = "rank") -> int:
@@ -84,8 +97,7 @@ class FNLConfig:
         bad = [f for f in self.forms if f not in FORMS]
         if bad or not (self.forms or self.linear_targets):
             raise ValueError(f"forms must be a subset of {FORMS}, non-empty unless linear_targets is set; got {self.forms!r}")
-        if isinstance(self.linear_rank, bool) or not isinstance(self.linear_rank, (int, float)) or self.linear_rank <= 0:
-            raise ValueError(f"linear_rank must be a positive int or a positive float rank scale, got {self.linear_rank!r}")
+        check_layer_rank(self.linear_rank, "linear_rank")
         if self.init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
         if self.linear_init not in (None, *_INITS):
@@ -104,11 +116,7 @@ class FNLConfig:
         return self.rank
 
     def targets(self, module_name: str) -> bool:
-        if self.target_modules is None:
-            return True
-        if isinstance(self.target_modules, str):
-            return re.fullmatch(self.target_modules, module_name) is not None
-        return any(module_name == t or module_name.endswith("." + t) for t in self.target_modules)
+        return self.target_modules is None or matches_targets(self.target_modules, module_name)
 
     def to_dict(self) -> dict:
         d = asdict(self)

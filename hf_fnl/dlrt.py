@@ -23,12 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .factorize import compute_dtype
+from .standalone import _set
 
 __all__ = ["DLRTLinear", "KLSIntegrator", "fnl_dlrt_layers", "fnl_dlrt_to_factorized"]
 
 
 class DLRTLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
+    """weight: the dense matrix to start from (its rank-r truncated SVD); None: nn.Linear's default init."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None,
+                 weight: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         dense = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -36,14 +40,13 @@ class DLRTLinear(nn.Module):
         self.register_buffer("U", torch.empty(0))
         self.register_buffer("S", torch.empty(0))
         self.register_buffer("V", torch.empty(0))
-        self.set_weight(dense.weight.detach(), rank)
+        self.set_weight(dense.weight.detach() if weight is None else weight, rank)
         self._substep: tuple | None = None  # (kind, tensors) while an integrator step runs
 
     @classmethod
     def from_dense(cls, layer: nn.Linear, rank: int) -> DLRTLinear:
         new = cls(layer.in_features, layer.out_features, rank, bias=layer.bias is not None,
-                  device=layer.weight.device, dtype=layer.weight.dtype)
-        new.set_weight(layer.weight.detach(), rank)
+                  device=layer.weight.device, dtype=layer.weight.dtype, weight=layer.weight.detach())
         if layer.bias is not None:
             new.bias.data.copy_(layer.bias.detach())
         return new
@@ -149,8 +152,7 @@ def fnl_dlrt_layers(model: nn.Module, targets: str | list[str], rank: int | floa
     if not found:
         raise ValueError(f"no nn.Linear layer matched {targets!r}")
     for name, layer in found:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, DLRTLinear.from_dense(layer, layer_rank(layer, rank)))
+        _set(model, name, DLRTLinear.from_dense(layer, layer_rank(layer, rank)))
     return [n for n, _ in found]
 
 
@@ -178,8 +180,7 @@ def fnl_dlrt_to_factorized(model: nn.Module) -> dict[str, int]:
         if layer.bias is not None:
             new.bias.copy_(layer.bias)
         new.params_before = layer.in_features * layer.out_features + (layer.bias.numel() if layer.bias is not None else 0)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        _set(model, name, new)
         entries[name] = _spec_entry(new)
     if hasattr(model, "config"):  # a transformers model: record the layers for save/reload
         ranks = [e["rank"] for e in entries.values()]

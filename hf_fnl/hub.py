@@ -81,7 +81,6 @@ def from_pretrained(path_or_id: str, model_class: Any = None, *, allow_pickle: b
         names = config_dict.get("architectures") or []
         model_class = getattr(transformers, names[0], None) if names else None
         model_class = model_class or transformers.AutoModel
-    install_load_hook()
     model = model_class.from_pretrained(path_or_id, **kwargs)
     found = (sum(hasattr(m, PATCH_ATTR) for m in model.modules()), sum(isinstance(m, FactorizedLayer) for m in model.modules()))
     expected = (len(spec.get("modules") or {}), len(spec.get("layers") or {}))

@@ -8,24 +8,19 @@ convention). A scale above 1 (or an int above the full rank) gives an overcomple
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from .config import check_layer_rank, matches_targets
 from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
+from .standalone import _set
 
 __all__ = ["fnl_factorize_layers", "layer_rank", "factorized_params", "rank_scale_for_budget"]
 
 DENSE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
-
-
-def _matches(targets: str | list[str], name: str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def _dims(layer: nn.Module) -> tuple[str, int, int, int]:
@@ -39,8 +34,7 @@ def _dims(layer: nn.Module) -> tuple[str, int, int, int]:
 
 def layer_rank(layer: nn.Module, rank: int | float) -> int:
     """The rank a dense layer gets: absolute int, or rank scale (min(m, n) for linear, c_out·k for conv)."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0:
-        raise ValueError(f"a layer rank must be a positive int or a positive float rank scale, got {rank!r}")
+    check_layer_rank(rank, "a layer rank")
     if isinstance(rank, int):
         return rank
     kind, m_out, m_in, k = _dims(layer)
@@ -71,7 +65,7 @@ def _targets_in(model: nn.Module, targets, exclude: set[str], types=DENSE_TYPES)
 
     exclude = set(exclude) | patched_projection_names(model)
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, types) and n not in exclude and _matches(targets, n)]
+            if isinstance(m, types) and n not in exclude and matches_targets(targets, n)]
 
 
 @torch.no_grad()
@@ -94,8 +88,7 @@ def fnl_factorize_layers(model: nn.Module, targets: str | list[str], rank: int |
         r = layer_rank(layer, rank)
         cls = FactorizedConv2d if isinstance(layer, nn.Conv2d) else FactorizedLinear
         new = cls.from_dense(layer, r, inner=inner, init=init, generator=generator)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        _set(model, name, new)
         entries[name] = _spec_entry(new)
     return entries
 

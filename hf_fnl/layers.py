@@ -79,12 +79,34 @@ class FactorizedLayer(nn.Module):
         W64 = W.double()
         self.si_error = float((W64 - A.double() @ B.double().T).norm() / W64.norm()) if W64.norm() > 0 else 0.0
 
+    @torch.no_grad()
+    def _take_from(self, dense: nn.Module, W: torch.Tensor, init: str, generator: torch.Generator | None):
+        """Start from the dense layer this one replaces (W: its weight as a matrix): SI of W and its
+        bias for init="spectral", the fresh init otherwise."""
+        self.params_before = sum(p.numel() for p in dense.parameters())
+        if init == "spectral":
+            self.spectral_init(W.detach(), generator)
+            if dense.bias is not None:
+                self.bias.copy_(dense.bias.detach())
+        return self
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Module:
+        """The dense layer (nn.Linear / nn.Conv2d) that applies the same map."""
+        dense = self._empty_dense()
+        dense.weight.copy_(self.weight)
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, inner={self.m is not None}, bias={self.bias is not None}"
 
 
 class FactorizedLinear(FactorizedLayer):
     """y = x V (Mᵀ) Uᵀ + b: two (three) thin matrix products instead of one m_out × m_in."""
+
+    form = "linear"  # its factor pair's form (fnl_factor_pairs, fd_targets, the summary)
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, inner: bool = False,
                  device=None, dtype=None):
@@ -111,21 +133,11 @@ class FactorizedLinear(FactorizedLayer):
         out_features, in_features = W.shape
         new = cls(in_features, out_features, rank, bias=layer.bias is not None, inner=inner,
                   device=W.device, dtype=W.dtype)
-        new.params_before = sum(p.numel() for p in layer.parameters())
-        if init == "spectral":
-            new.spectral_init(W.detach(), generator)
-            if layer.bias is not None:
-                new.bias.data.copy_(layer.bias.detach())
-        return new
+        return new._take_from(layer, W, init, generator)
 
-    @torch.no_grad()
-    def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.u.device, dtype=self.u.dtype)
-        dense.weight.copy_(self.weight)
-        if self.bias is not None:
-            dense.bias.copy_(self.bias)
-        return dense
+    def _empty_dense(self) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                         device=self.u.device, dtype=self.u.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
@@ -144,6 +156,8 @@ class FactorizedConv2d(FactorizedLayer):
 
     Exact when the kernel matrix P[(o, w), (c, h)] = K[o, c, h, w] has rank ≤ r, for any stride,
     zero padding and dilation (height handled by the first convolution, width by the last)."""
+
+    form = "conv"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rank: int, stride=1, padding=0,
                  dilation=1, bias: bool = True, inner: bool = False, device=None, dtype=None):
@@ -185,22 +199,11 @@ class FactorizedConv2d(FactorizedLayer):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
                   conv.dilation, bias=conv.bias is not None, inner=inner,
                   device=conv.weight.device, dtype=conv.weight.dtype)
-        new.params_before = sum(p.numel() for p in conv.parameters())
-        if init == "spectral":
-            new.spectral_init(cls.kernel_matrix(conv.weight.detach()), generator)
-            if conv.bias is not None:
-                new.bias.data.copy_(conv.bias.detach())
-        return new
+        return new._take_from(conv, cls.kernel_matrix(conv.weight), init, generator)
 
-    @torch.no_grad()
-    def to_dense(self) -> nn.Conv2d:
-        k = self.kernel_size
-        dense = nn.Conv2d(self.in_channels, self.out_channels, k, self.stride, self.padding, self.dilation,
-                          bias=self.bias is not None, device=self.u.device, dtype=self.u.dtype)
-        dense.weight.copy_(self.weight)
-        if self.bias is not None:
-            dense.bias.copy_(self.bias)
-        return dense
+    def _empty_dense(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias=self.bias is not None, device=self.u.device, dtype=self.u.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -22,7 +22,9 @@ from .blocks import BlockLayout
 from .architectures import Architecture, AttentionLayout, Projection, architecture_for
 from .config import FNLConfig, resolve_rank
 from .factorize import augment_with_bias, relative_tail_error, spectral_product_factors
-from .standalone import apply_layer_spec, name_aliases
+from .layer_patch import fnl_factorize_layers
+from .layers import FactorizedLayer
+from .standalone import _get, _set, apply_layer_spec, name_aliases
 
 __all__ = ["fnl_patch", "is_fnl_patched", "fnl_factor_pairs", "fnl_attention_modules", "AttentionPatch", "FactorPair", "HeadBlocks"]
 
@@ -48,15 +50,6 @@ class AttentionPatch:
 
 
 # --------------------------------------------------------------------------- projections
-
-
-def _get(obj, dotted: str):
-    return functools.reduce(getattr, dotted.split("."), obj)
-
-
-def _set(obj, dotted: str, value) -> None:
-    parent, _, last = dotted.rpartition(".")
-    setattr(_get(obj, parent) if parent else obj, last, value)
 
 
 def _weight_oi(projection: nn.Module) -> torch.Tensor:
@@ -343,8 +336,6 @@ def patched_projection_names(model: nn.Module) -> set[str]:
 
 
 def is_fnl_patched(model: nn.Module) -> bool:
-    from .layers import FactorizedLayer
-
     config = getattr(model, "config", None)
     return getattr(config, CONFIG_ATTR, None) is not None or any(
         hasattr(m, PATCH_ATTR) or isinstance(m, FactorizedLayer) for m in model.modules())
@@ -391,8 +382,6 @@ def fnl_patch(model: nn.Module, config: FNLConfig | None = None, **overrides) ->
             _default_init(model, plan.module, plan.layout, _patched_slots(plan))
     layers = {}
     if config.linear_targets is not None:
-        from .layer_patch import fnl_factorize_layers
-
         layers = fnl_factorize_layers(model, config.linear_targets, config.linear_rank, config.linear_inner,
                                       config.linear_init or config.init, progress=config.progress)
     record_spec(model, config, params_before, {i.name: {
@@ -503,12 +492,10 @@ ALL_FORMS = ("qk", "ov", "linear", "conv")
 
 def fnl_factor_pairs(model: nn.Module, forms: tuple[str, ...] = ALL_FORMS) -> list[FactorPair]:
     """The factor pairs of a patched model, for per-head Frobenius decay and diagnostics."""
-    from .layers import FactorizedConv2d, FactorizedLayer
-
     pairs = []
     for name, module in model.named_modules():
         if isinstance(module, FactorizedLayer):
-            form = "conv" if isinstance(module, FactorizedConv2d) else "linear"
+            form = module.form
             if form in forms:
                 pairs.append(FactorPair(name, form, HeadBlocks(module.u, module.u_layout),
                                         HeadBlocks(module.v, module.v_layout), module.m))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .layers import FactorizedConv2d, FactorizedLayer
+from .layers import FactorizedLayer
 from .patch import CONFIG_ATTR, PATCH_ATTR, _FORM_SLOTS, _slot, _slot_params
 
 __all__ = ["FormSummary", "FNLSummary", "fnl_summary", "print_fnl_summary"]
@@ -65,7 +65,7 @@ def fnl_summary(model: nn.Module) -> FNLSummary:
     for name, module in model.named_modules():
         if isinstance(module, FactorizedLayer):
             full = min(module.u.shape[0], module.v.shape[1])
-            form = "conv" if isinstance(module, FactorizedConv2d) else "linear"
+            form = module.form
             rows.append(FormSummary(name, form, module.rank, full, 1, module.params_before or 0,
                                     sum(p.numel() for p in module.parameters()), module.si_error))
     return FNLSummary(rows, spec["params_before"], sum(p.numel() for p in model.parameters()))

@@ -149,10 +149,11 @@ class FNLTrainer(Trainer):
             self._kls = KLSIntegrator(model, args.learning_rate, args.dlrt_theta)
             return self.optimizer
         targets = () if args.fnl_optim == "lamb" else tuple(args.fd_targets)
-        groups = fnl_param_groups(model, args.weight_decay, args.effective_fd_coef, targets, no_decay, args.fd_mode)
-        if targets and not fnl_factor_pairs(model, targets):
+        pairs = fnl_factor_pairs(model, targets) if targets else []
+        if targets and not pairs:
             raise ValueError(f"fnl_optim={args.fnl_optim!r} with fd_targets={targets} found no factor pairs: "
                              "patch the model with hf_fnl.fnl_patch first, or use fnl_optim='lamb'")
+        groups = fnl_param_groups(model, args.weight_decay, args.effective_fd_coef, targets, no_decay, args.fd_mode)
         if args.fnl_optim in ("flambe", "lamb"):
             cls = Flambe if args.fnl_optim == "flambe" else Lamb
             self.optimizer = cls(groups, lr=args.learning_rate, betas=args.lamb_betas, eps=args.lamb_eps,
@@ -163,7 +164,7 @@ class FNLTrainer(Trainer):
         else:  # sgd_fd: SGD/NAG; factor tensors take FD through the loss (fd_mode coupled) instead of weight decay
             self.optimizer = torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.sgd_momentum,
                                              nesterov=args.sgd_nesterov)
-        self._coupled_fd_pairs = fnl_factor_pairs(model, tuple(targets)) if args.fd_mode == "coupled" else []
+        self._coupled_fd_pairs = pairs if args.fd_mode == "coupled" else []
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
