@@ -19,24 +19,24 @@ import torch
 from torch import nn
 
 from hf_fnl.layers import FactorizedLinear
-from report import emit  # benchmarks/report.py
+from report import device_name, emit, sync  # benchmarks/report.py
 
 
 def fwd_bwd_ms(layer: nn.Module, x: torch.Tensor, device: str, repeats: int) -> float:
-    def run():
-        layer(x).sum().backward()
-
-    for _ in range(2):
-        run()
+    """Median forward+backward time; gradients are cleared outside the timer, so that no run pays
+    for accumulating into the previous run's gradients."""
+    with torch.no_grad():
+        grad_out = torch.randn_like(layer(x))
     times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
+    for i in range(2 + repeats):  # two warm-up runs
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        sync(device)
         start = time.perf_counter()
-        run()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
+        layer(x).backward(grad_out)
+        sync(device)
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
@@ -67,8 +67,8 @@ def main() -> None:
                          "same_flops_dense_ms": round(t_same, 3),
                          "vs_flop_prediction": round(t_fact / predicted, 3), "vs_same_flops_dense": round(t_fact / t_same, 3)})
             print(json.dumps(rows[-1]), flush=True)
-    report = {"benchmark": "FactorizedLinear vs nn.Linear forward+backward", "device": args.device if not cuda
-              else torch.cuda.get_device_name(), "dtype": args.dtype, "tokens": tokens, "torch": torch.__version__,
+    report = {"benchmark": "FactorizedLinear vs nn.Linear forward+backward", "device": device_name(args.device),
+              "dtype": args.dtype, "tokens": tokens, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "results": rows}
     emit(report, args.out)
 

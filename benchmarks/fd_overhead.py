@@ -20,7 +20,7 @@ import transformers as tf
 
 import hf_fnl
 from hf_fnl.optim import Flambe, Lamb, fnl_param_groups
-from report import emit  # benchmarks/report.py
+from report import device_name, emit, sync  # benchmarks/report.py
 
 
 def main() -> None:
@@ -44,10 +44,6 @@ def main() -> None:
     }
     autocast = torch.autocast(args.device, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
-    def sync():
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-
     def train_step(optimizer) -> tuple[float, float]:
         """(whole step, optimizer step) in ms."""
         start = time.perf_counter()
@@ -55,10 +51,10 @@ def main() -> None:
             loss = model(ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        sync()
+        sync(args.device)
         before_step = time.perf_counter()
         optimizer.step()
-        sync()
+        sync(args.device)
         end = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         return (end - start) * 1e3, (end - before_step) * 1e3
@@ -75,7 +71,7 @@ def main() -> None:
     opt = {name: statistics.median(ts) for name, ts in step_times.items()}
     report = {
         "benchmark": "BERT-base (rank 0.5) training step, Flambe (FD on OV) vs Lamb",
-        "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
+        "device": device_name(args.device),
         "batch": args.batch, "seq": args.seq, "bf16_autocast": args.bf16, "torch": torch.__version__,
         "lamb_step_ms": round(med["lamb"], 1), "flambe_step_ms": round(med["flambe"], 1),
         "fd_overhead_pct": round(100 * (med["flambe"] / med["lamb"] - 1), 2),

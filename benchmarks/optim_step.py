@@ -23,9 +23,7 @@ import transformers as tf
 
 import hf_fnl
 from hf_fnl.optim import FDAdamW, Flambe, Lamb, fnl_param_groups
-from report import emit  # benchmarks/report.py
-
-LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+from report import BERT_LARGE, device_name, emit, sync  # benchmarks/report.py
 
 
 def timm_lamb():
@@ -34,11 +32,6 @@ def timm_lamb():
     except Exception as error:  # timm needs torchvision, absent beside the CPU torch wheel
         return None, f"unavailable: {type(error).__name__}: {error}"
     return TimmLamb, None
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_steps(optimizer, device: str, warmup: int, steps: int) -> list[float]:
@@ -63,25 +56,31 @@ def main() -> None:
     steps = args.steps or (20 if args.device == "cuda" else 5)
 
     torch.manual_seed(0)
-    model = tf.BertForMaskedLM(tf.BertConfig(**LARGE))
+    model = tf.BertForMaskedLM(tf.BertConfig(**BERT_LARGE))
     hf_fnl.fnl_patch(model, rank=1.0, progress=False)
     model.to(args.device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     n_params = sum(p.numel() for p in model.parameters())
 
-    fd_groups = fnl_param_groups(model, weight_decay=0.01, fd_targets=("ov",))
-    plain_groups = fnl_param_groups(model, weight_decay=0.01, fd_targets=())
+    # fresh group dicts for every optimizer: torch fills each group with its optimizer's defaults in
+    # place, so shared dicts would hand one optimizer's settings (foreach, eps, ...) to the next
+    def fd_groups():
+        return fnl_param_groups(model, weight_decay=0.01, fd_targets=("ov",))
+
+    def plain_groups():
+        return fnl_param_groups(model, weight_decay=0.01, fd_targets=())
+
     TimmLamb, timm_note = timm_lamb()
     candidates = {
-        "torch_adamw_foreach": lambda: torch.optim.AdamW(plain_groups, lr=1e-4, foreach=True),
-        "torch_adamw_fused": lambda: torch.optim.AdamW(plain_groups, lr=1e-4, fused=True),
-        "hf_fnl_lamb": lambda: Lamb(plain_groups, lr=1e-4),
-        "hf_fnl_flambe_fd_ov": lambda: Flambe(fd_groups, lr=1e-4),
-        "hf_fnl_fdadamw_fd_ov": lambda: FDAdamW(fd_groups, lr=1e-4),
+        "torch_adamw_foreach": lambda: torch.optim.AdamW(plain_groups(), lr=1e-4, foreach=True),
+        "torch_adamw_fused": lambda: torch.optim.AdamW(plain_groups(), lr=1e-4, fused=True),
+        "hf_fnl_lamb": lambda: Lamb(plain_groups(), lr=1e-4),
+        "hf_fnl_flambe_fd_ov": lambda: Flambe(fd_groups(), lr=1e-4),
+        "hf_fnl_fdadamw_fd_ov": lambda: FDAdamW(fd_groups(), lr=1e-4),
     }
     if TimmLamb is not None:
-        candidates["timm_lamb"] = lambda: TimmLamb(plain_groups, lr=1e-4)
+        candidates["timm_lamb"] = lambda: TimmLamb(plain_groups(), lr=1e-4)
 
     results, notes = {}, {}
     if timm_note:
@@ -112,13 +111,13 @@ def main() -> None:
             results[name]["speedup_vs_timm_lamb"] = round(results["timm_lamb"]["median_ms"] / results[name]["median_ms"], 1)
     report = {
         "benchmark": "optimizer step over BERT-large parameters (fp32)",
-        "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
+        "device": device_name(args.device),
         "cpu": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "params": n_params,
         "tensors": sum(1 for _ in model.parameters()),
-        "fd_pairs": len(fd_groups[0]["fd_pairs"]),
+        "fd_pairs": len(fd_groups()[0]["fd_pairs"]),
         "results": results,
         "notes": notes,
     }

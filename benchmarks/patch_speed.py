@@ -20,11 +20,11 @@ import torch
 import transformers as tf
 
 import hf_fnl
-from report import emit  # benchmarks/report.py
+from report import BERT_LARGE, emit  # benchmarks/report.py
 
 PRESETS = {
     "bert-base": dict(),
-    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-large": BERT_LARGE,
 }
 
 

@@ -23,11 +23,11 @@ import transformers as tf
 from torch import nn
 
 import hf_fnl
-from report import emit  # benchmarks/report.py
+from report import BERT_LARGE, device_name, emit, sync  # benchmarks/report.py
 
 PRESETS = {
     "bert-base": dict(),
-    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-large": BERT_LARGE,
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
 }
 
@@ -78,16 +78,14 @@ def main() -> None:
         states[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda or None))
 
     def step(model, optimizer) -> float:
-        if cuda:
-            torch.cuda.synchronize()
+        sync(args.device)
         start = time.perf_counter()
         with autocast:
             loss = model(ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
+        sync(args.device)
         return (time.perf_counter() - start) * 1e3
 
     times = {name: [] for name in variants}
@@ -99,7 +97,7 @@ def main() -> None:
     med = {name: statistics.median(ts) for name, ts in times.items()}
     report = {
         "benchmark": f"{args.preset} MLM training step (fwd+bwd+AdamW)",
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "device": device_name(args.device),
         "batch": batch, "seq": args.seq, "bf16_autocast": args.bf16, "attention": args.attn,
         "torch": torch.__version__, "transformers": tf.__version__,
         "median_ms": {k: round(v, 2) for k, v in med.items()},

@@ -23,7 +23,7 @@ import time
 import torch
 import transformers as tf
 
-from report import emit  # benchmarks/report.py
+from report import device_name, emit, sync  # benchmarks/report.py
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "iwslt14"))
 import train as recipe  # noqa: E402  (the recipe's model and optimizer, not a copy)
@@ -81,8 +81,7 @@ def main() -> None:
     autocast = torch.autocast(args.device, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
     def update(model, optimizer, coupled, run_args) -> float:
-        if cuda:
-            torch.cuda.synchronize()
+        sync(args.device)
         start = time.perf_counter()
         with autocast:
             logits = model(input_ids=src, decoder_input_ids=decoder_input).logits
@@ -94,8 +93,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), run_args.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
+        sync(args.device)
         return time.perf_counter() - start
 
     times = {name: [] for name in states}
@@ -108,7 +106,7 @@ def main() -> None:
     tokens = batch * args.seq
     report = {
         "benchmark": f"IWSLT-14 recipe training update, {args.preset}, {args.optimizer}",
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "device": device_name(args.device),
         "batch": batch, "seq": args.seq, "target_tokens_per_update": tokens, "bf16_autocast": args.bf16,
         "torch": torch.__version__, "transformers": tf.__version__,
         "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
