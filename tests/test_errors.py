@@ -8,10 +8,10 @@ import transformers as tf
 
 import hf_fnl
 
-from .tiny_models import ARCH_IDS, TINY_ARCHS, build
+from .tiny_models import build, tiny_arch
 
-BERT = TINY_ARCHS[ARCH_IDS.index("bert")]
-LLAMA = TINY_ARCHS[ARCH_IDS.index("llama")]
+BERT = tiny_arch("bert")
+LLAMA = tiny_arch("llama")
 
 
 def state(model):

@@ -7,7 +7,7 @@ import hf_fnl
 from hf_fnl import factorize as F
 from hf_fnl.regularize import fd_penalty, form_norms
 
-from .tiny_models import ARCH_IDS, TINY_ARCHS, build
+from .tiny_models import build, reduced_rank, tiny_arch
 
 
 def rand(*shape, seed):
@@ -41,8 +41,8 @@ def test_product_norms_match_svd():
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "qwen2"])
 def test_model_penalty_is_the_sum_over_heads(model_type):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
-    model = hf_fnl.fnl_patch(build(arch, dtype=torch.float64), rank=0.5 if model_type != "qwen2" else 1.0, progress=False)
+    arch = tiny_arch(model_type)
+    model = hf_fnl.fnl_patch(build(arch, dtype=torch.float64), rank=reduced_rank(arch), progress=False)
     pairs = hf_fnl.fnl_factor_pairs(model)
     explicit = sum(0.5 * p.product().square().sum() for p in pairs)
     value = fd_penalty(pairs)

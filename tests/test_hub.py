@@ -14,14 +14,10 @@ import transformers as tf
 import hf_fnl
 from hf_fnl.patch import PATCH_ATTR
 
-from .tiny_models import ARCH_IDS, ROPE_TYPES, TINY_ARCHS, build, inputs
+from .tiny_models import ARCH_IDS, TINY_ARCHS, build, inputs, reduced_rank, tiny_arch
 
 TASK_CLASS = {"encoder": "AutoModelForMaskedLM", "decoder": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
               "vision": "AutoModelForImageClassification"}
-
-
-def rank_of(arch):
-    return 1.0 if arch.model_type in ROPE_TYPES else 0.5
 
 
 def outputs(model, x):
@@ -32,7 +28,7 @@ def outputs(model, x):
 
 @pytest.mark.parametrize("arch", TINY_ARCHS, ids=ARCH_IDS)
 def test_roundtrip_is_exact_and_redoes_no_svd(arch, tmp_path, monkeypatch):
-    model = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=rank_of(arch), progress=False)
+    model = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=reduced_rank(arch), progress=False)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
 
@@ -52,7 +48,7 @@ def test_roundtrip_is_exact_and_redoes_no_svd(arch, tmp_path, monkeypatch):
 
 
 def test_auto_classes_after_import_and_task_checkpoint_into_base_model(tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     model = hf_fnl.fnl_patch(build(arch, "AutoModelForMaskedLM"), rank=0.5, progress=False)
     model.save_pretrained(tmp_path)
     mlm = tf.AutoModelForMaskedLM.from_pretrained(tmp_path)
@@ -66,7 +62,7 @@ def test_auto_classes_after_import_and_task_checkpoint_into_base_model(tmp_path)
 
 
 def test_sharded_and_bf16_checkpoints(tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index("gpt2")]
+    arch = tiny_arch("gpt2")
     model = hf_fnl.fnl_patch(build(arch, "AutoModelForCausalLM", dtype=torch.bfloat16), rank=0.5, progress=False)
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
@@ -90,7 +86,7 @@ def _run_plain_python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_plain_transformers_fails_loudly_on_a_patched_checkpoint(tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     hf_fnl.fnl_patch(build(arch, "AutoModelForMaskedLM"), rank=0.5, progress=False).save_pretrained(tmp_path)
     result = _run_plain_python(f"import transformers; transformers.AutoModelForMaskedLM.from_pretrained({str(tmp_path)!r})")
     assert result.returncode != 0
@@ -100,8 +96,8 @@ def test_plain_transformers_fails_loudly_on_a_patched_checkpoint(tmp_path):
 @pytest.mark.parametrize("scaling", ["original", "rescale"])
 @pytest.mark.parametrize("model_type", ["bert", "bart", "gpt2", "t5", "qwen2"])
 def test_merge_gives_the_vanilla_architecture_with_the_same_outputs(model_type, scaling, tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
-    patched = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=rank_of(arch), scaling=scaling, progress=False)
+    arch = tiny_arch(model_type)
+    patched = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=reduced_rank(arch), scaling=scaling, progress=False)
     dense = hf_fnl.fnl_merge(patched)
     assert hf_fnl.is_fnl_patched(patched) and not hf_fnl.is_fnl_patched(dense)
     x = inputs(arch)
@@ -137,7 +133,7 @@ class FakeHfApi:
 
 
 def test_push_to_hub_uploads_weights_config_and_card():
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     model = hf_fnl.fnl_patch(build(arch, "AutoModelForMaskedLM"), rank=0.5, progress=False)
     api = FakeHfApi()
     url = hf_fnl.fnl_push_to_hub(model, "me/bert-fnl-half", api=api, private=True, base_model="bert-tiny",
@@ -171,7 +167,7 @@ def test_push_offline_raises_huggingface_hub_error_at_once(monkeypatch):
 
 
 def test_cli_compress_on_a_local_model(tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     build(arch, "AutoModelForMaskedLM").save_pretrained(tmp_path / "plain")
     cli = os.path.join(os.path.dirname(sys.executable), "hf-fnl")
     result = subprocess.run([cli, "compress", str(tmp_path / "plain"), "--rank", "0.5", "--model-class",
@@ -188,7 +184,7 @@ def test_cli_compress_on_a_local_model(tmp_path):
 
 
 def test_pickle_weights_are_refused_unless_opted_in(tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     model = hf_fnl.fnl_patch(build(arch), rank=0.5, progress=False)
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="allow_pickle=True"):
@@ -229,16 +225,16 @@ def _assert_self_contained_export_loads_without_hf_fnl(model, arch, task, tmp_pa
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "t5", "qwen2"])
 def test_self_contained_export_loads_without_hf_fnl(model_type, tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    arch = tiny_arch(model_type)
     task = TASK_CLASS[arch.kind]
-    model = hf_fnl.fnl_patch(build(arch, task), rank=rank_of(arch), scaling="rescale", progress=False)
+    model = hf_fnl.fnl_patch(build(arch, task), rank=reduced_rank(arch), scaling="rescale", progress=False)
     _assert_self_contained_export_loads_without_hf_fnl(model, arch, task, tmp_path)
 
 
 @pytest.mark.parametrize("model_type,targets", [("bert", r".*(intermediate|output)\.dense"),
                                                 ("vit", r".*(patch_embeddings\.projection|mlp\.fc1)")])
 def test_self_contained_export_of_factorized_layers(model_type, targets, tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    arch = tiny_arch(model_type)
     task = TASK_CLASS[arch.kind]
     model = hf_fnl.fnl_patch(build(arch, task), rank=0.5, linear_targets=targets, linear_rank=0.5, linear_inner=True,
                              progress=False)
@@ -250,7 +246,7 @@ def test_self_contained_export_of_factorized_layers(model_type, targets, tmp_pat
 @pytest.mark.parametrize("scaling", ["original", "rescale"])
 @pytest.mark.parametrize("model_type", ["t5", "vit"])
 def test_export_vanilla_states_the_reduced_head_size(model_type, scaling, tmp_path):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    arch = tiny_arch(model_type)
     patched = hf_fnl.fnl_patch(build(arch, TASK_CLASS[arch.kind]), rank=0.5, scaling=scaling, progress=False)
     vanilla = hf_fnl.export_vanilla(patched)
     field = {"t5": "d_kv", "vit": "head_dim"}[model_type]
@@ -269,7 +265,7 @@ def test_export_vanilla_refuses_what_a_config_cannot_state():
     bert = hf_fnl.fnl_patch(build(TINY_ARCHS[0]), rank=0.5, progress=False)
     with pytest.raises(ValueError, match="fnl_merge"):
         hf_fnl.export_vanilla(bert)
-    t5 = TINY_ARCHS[ARCH_IDS.index("t5")]
+    t5 = tiny_arch("t5")
     mixed = hf_fnl.fnl_patch(build(t5), rank=0.5, rank_pattern={r"decoder": 2}, progress=False)
     with pytest.raises(ValueError, match="one rank"):
         hf_fnl.export_vanilla(mixed)

@@ -12,9 +12,9 @@ from hf_fnl.layer_patch import factorized_params, fnl_factorize_layers, rank_sca
 from hf_fnl.layers import FactorizedConv2d, FactorizedLinear
 from hf_fnl.optim import FDAdamW, fnl_param_groups
 
-from .tiny_models import ARCH_IDS, TINY_ARCHS, build, inputs
+from .tiny_models import build, inputs, tiny_arch
 
-BERT = TINY_ARCHS[ARCH_IDS.index("bert")]
+BERT = tiny_arch("bert")
 FFN = r".*(intermediate|output)\.dense"  # attention.output.dense belongs to the attention patch
 
 
@@ -38,10 +38,10 @@ def test_fnl_patch_factorizes_the_ffn_and_leaves_attention_projections_to_the_at
     ("vit", r".*(patch_embeddings\.projection|mlp\.fc1)", "AutoModelForImageClassification"),
 ])
 def test_full_rank_linear_factorization_reproduces_the_model(model_type, targets, task):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
+    arch = tiny_arch(model_type)
     model = build(arch, task)
     patched = hf_fnl.fnl_patch(copy.deepcopy(model), linear_targets=targets, linear_rank=1.0, progress=False)
-    assert len(patched.config.fnl["layers"]) == 4 if model_type == "bert" else 3  # 2 layers x 2, or conv + 2 fc1
+    assert len(patched.config.fnl["layers"]) == (4 if model_type == "bert" else 3)  # 2 layers x 2, or conv + 2 fc1
     x = inputs(arch)
     with torch.no_grad():
         assert (model(**x).logits - patched(**x).logits).abs().max() <= 1e-5

@@ -13,7 +13,7 @@ import hf_fnl
 from hf_fnl.blocks import BlockLayout
 from hf_fnl.optim import FDAdamW, Flambe, Lamb, fnl_param_groups
 
-from .tiny_models import ARCH_IDS, TINY_ARCHS, build
+from .tiny_models import build, reduced_rank, tiny_arch
 
 G, R, M, N = 3, 4, 10, 7
 LAYOUT_A = BlockLayout(False, True, 0, G, 1, R)  # rows g·R:(g+1)·R of a (G·R, M) weight, like a query projection
@@ -176,8 +176,8 @@ def test_lamb_refuses_fd_groups():
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama"])
 def test_param_groups_of_a_patched_model(model_type):
-    arch = TINY_ARCHS[ARCH_IDS.index(model_type)]
-    model = hf_fnl.fnl_patch(build(arch, "AutoModel"), rank=0.5 if model_type != "llama" else 1.0, progress=False)
+    arch = tiny_arch(model_type)
+    model = hf_fnl.fnl_patch(build(arch, "AutoModel"), rank=reduced_rank(arch), progress=False)
     groups = fnl_param_groups(model, weight_decay=0.01, fd_targets=("ov",))
     fd_group, decay_group, no_decay_group = groups
     assert fd_group["fd_coef"] == 0.01 and len(fd_group["fd_pairs"]) == 2  # two layers, one OV pair each

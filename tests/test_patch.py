@@ -12,15 +12,10 @@ import hf_fnl
 from hf_fnl.patch import PATCH_ATTR, fnl_attention_modules
 
 from .reference import best_rank_r, per_head_products
-from .tiny_models import ARCH_IDS, ROPE_TYPES, SEQ, TINY_ARCHS, build, inputs
+from .tiny_models import ARCH_IDS, ROPE_TYPES, SEQ, TINY_ARCHS, build, inputs, reduced_rank, tiny_arch
 
 CASES = [(a, c) for a in TINY_ARCHS for c in a.auto_classes]
 GENERATIVE = [a for a in TINY_ARCHS if a.kind in ("decoder", "seq2seq")]
-
-
-def reduced_rank(arch):
-    """The rank each architecture is tested at: half the head size, full where RoPE forbids less."""
-    return 1.0 if arch.model_type in ROPE_TYPES else 0.5
 
 
 def patched_copy(model, **kw):
@@ -72,6 +67,8 @@ def test_si_products_are_best_rank_r(arch):
     rank = reduced_rank(arch)
     before = {name: per_head_products(m, layout, hf_fnl.patch._get(m, layout.head_size_attrs[0]))
               for name, m, layout in fnl_attention_modules(model)}
+    qk_weights = {name: [t.clone() for p in (layout.query, layout.key) for t in m.get_submodule(p.path).parameters()]
+                  for name, m, layout in fnl_attention_modules(model)}
     patched = hf_fnl.fnl_patch(model, rank=rank, progress=False)
     checked = 0
     for name, module, layout in fnl_attention_modules(patched):
@@ -89,8 +86,9 @@ def test_si_products_are_best_rank_r(arch):
             checked += 1
         if arch.model_type in ROPE_TYPES:  # the QK basis carries RoPE and must be left exactly as it was
             assert info.forms == ("ov",)
-            assert torch.equal(after["qk"] if after["qk"] is not None else torch.zeros(0),
-                               before[name]["qk"] if before[name]["qk"] is not None else torch.zeros(0))
+            now = [t for p in (layout.query, layout.key) for t in module.get_submodule(p.path).parameters()]
+            assert len(now) == len(qk_weights[name]) > 0
+            assert all(torch.equal(a, b) for a, b in zip(now, qk_weights[name]))
     assert checked >= 2
 
 
@@ -206,7 +204,7 @@ def test_default_init_uses_the_layers_own_init(arch):
 
 
 def test_rescale_scaling_and_original_scaling():
-    arch = TINY_ARCHS[ARCH_IDS.index("bert")]
+    arch = tiny_arch("bert")
     model = build(arch)
     kept = patched_copy(model, rank=0.5)
     rescaled = patched_copy(model, rank=0.5, scaling="rescale")
@@ -218,7 +216,7 @@ def test_rescale_scaling_and_original_scaling():
 
 
 def test_target_modules_and_rank_pattern():
-    arch = TINY_ARCHS[ARCH_IDS.index("bart")]
+    arch = tiny_arch("bart")
     model = build(arch)
     patched = patched_copy(model, rank=0.5, target_modules=r".*decoder\.layers\.\d+\.(self_attn|encoder_attn)",
                            rank_pattern={r"layers\.0\.encoder_attn": 2})

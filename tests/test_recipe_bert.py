@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .launch import ROOT, launcher, run
+
 RECIPE = os.path.join(ROOT, "recipes", "bert")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "english.txt")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-
-
-def run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *(launcher or []), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +23,10 @@ def data(tmp_path_factory):
     return out
 
 
-def pretrain(data_dir, out, *extra, launcher=None):
+def pretrain(data_dir, out, *extra, launch=None):
     run([os.path.join(RECIPE, "pretrain.py"), "--data-dir", str(data_dir), "--preset", "tiny", "--cpu",
          "--global-batch", "16", "--per-device-batch", "8", "--lr", "2e-2", "--logging-steps", "5",
-         "--output-dir", str(out), *extra], launcher)
+         "--output-dir", str(out), *extra], launch)
     return json.loads((out / "results.json").read_text())
 
 
@@ -58,10 +49,8 @@ def test_two_phases_with_flambe_at_halved_mha(data):
 
 
 def test_phase1_on_two_cpu_processes(data):
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
     result = pretrain(data / "data64", data / "ddp", "--phase", "1", "--optimizer", "lamb", "--max-steps", "10",
-                      "--per-device-batch", "4", launcher=launcher)
+                      "--per-device-batch", "4", launch=launcher(2))
     assert len(result["history"]) == 2 and result["results"]["steps"] == 10
 
 

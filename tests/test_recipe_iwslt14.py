@@ -6,20 +6,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import hf_fnl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .launch import ROOT, launcher, run
+
 RECIPE = os.path.join(ROOT, "recipes", "iwslt14")
 RAW = os.path.join(ROOT, "tests", "fixtures", "iwslt14", "de-en")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-TWO_CPU_PROCESSES = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                     "--mixed_precision", "no", "--dynamo_backend", "no"]
 UNEQUAL_LINES = (88, 155, 271)  # the fixture's pairs with a length ratio above 1.5 (1-based lines)
 
 
@@ -33,19 +29,12 @@ def load(name: str):
 prepare, train, sweep = load("prepare"), load("train"), load("sweep")
 
 
-def run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *(launcher or []), *args], capture_output=True, text=True, env=ENV,
-                            timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 TINY = ["--preset", "tiny", "--cpu", "--warmup-updates", "5", "--max-tokens", "400", "--logging-steps", "5",
         "--beam", "2"]
 
 
-def train_run(data_dir, out, *extra, launcher=None) -> dict:
-    run([os.path.join(RECIPE, "train.py"), "--data-dir", str(data_dir), *TINY, "--output-dir", str(out), *extra], launcher)
+def train_run(data_dir, out, *extra, launch=None) -> dict:
+    run([os.path.join(RECIPE, "train.py"), "--data-dir", str(data_dir), *TINY, "--output-dir", str(out), *extra], launch)
     return json.loads((out / "results.json").read_text())
 
 
@@ -189,7 +178,7 @@ def test_two_cpu_processes_train_translate_and_score(data, tmp_path):
     out = tmp_path / "ddp"
     report = train_run(data, out, "--rank", "0.5", "--linear-rank-scale", "0.5", "--optimizer", "adam", "--lr", "3e-3",
                        "--decay", "1e-4", "--decay-kind", "fd-ov", "--max-updates", "40", "--eval-steps", "20",
-                       "--checkpoint-steps", "20", launcher=TWO_CPU_PROCESSES)
+                       "--checkpoint-steps", "20", launch=launcher(2))
     train_losses = [h["loss"] for h in report["history"] if "loss" in h]
     valid_losses = [h["valid_loss"] for h in report["history"] if "valid_loss" in h]
     assert len(train_losses) == 8 and train_losses[-1] < train_losses[0] - 0.5, train_losses

@@ -1,10 +1,10 @@
 import hf_fnl
 
-from .tiny_models import ARCH_IDS, TINY_ARCHS, build
+from .tiny_models import build, tiny_arch
 
 
 def test_summary_rows_and_totals(capsys):
-    model = build(TINY_ARCHS[ARCH_IDS.index("bert")])
+    model = build(tiny_arch("bert"))
     before = sum(p.numel() for p in model.parameters())
     hf_fnl.fnl_patch(model, rank=0.5, progress=False)
     summary = hf_fnl.fnl_summary(model)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ import hf_fnl
 from hf_fnl.optim import FDAdamW, Flambe, Lamb
 from hf_fnl.trainer import nvidia_poly_schedule
 
+from .launch import launcher, run
 from .train_tiny import logged_losses, make_trainer
 
 OPTIMIZERS = {"flambe": Flambe, "lamb": Lamb, "adamw_fd": FDAdamW, "sgd_fd": torch.optim.SGD}
@@ -101,22 +100,13 @@ def test_unpatched_model_with_flambe_is_refused(tmp_path):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    """Two CPU processes (torchrun under accelerate, gloo), per-device batch 4, vs one with batch 8.
-
-    accelerate 1.x runs `--cpu` with a single process whatever --num_processes says; on a machine
-    without GPUs `--multi_gpu` starts the processes and they train on the CPU over gloo."""
+    """Two CPU processes (torchrun under accelerate, gloo), per-device batch 4, vs one with batch 8."""
     script = os.path.join(os.path.dirname(__file__), "train_tiny.py")
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)), "OMP_NUM_THREADS": "1"}
     runs = {}
     for procs, batch in ((2, 4), (1, 8)):
         out = tmp_path / f"p{procs}" / "losses.json"
         out.parent.mkdir()
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if procs > 1 else "--cpu",
-               "--num_processes", str(procs),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               script, "--out", str(out), "--batch", str(batch), "--steps", "6"]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        run([script, "--out", str(out), "--batch", str(batch), "--steps", "6"], launcher(procs))
         runs[procs] = json.loads(out.read_text())
     assert len(runs[1]) == len(runs[2]) == 6
     assert runs[2] == pytest.approx(runs[1], rel=1e-4)

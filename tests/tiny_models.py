@@ -76,6 +76,15 @@ ARCH_IDS = [a.model_type for a in TINY_ARCHS]
 ROPE_TYPES = {"llama", "mistral", "qwen2"}
 
 
+def tiny_arch(model_type: str) -> TinyArch:
+    return TINY_ARCHS[ARCH_IDS.index(model_type)]
+
+
+def reduced_rank(arch: TinyArch) -> float:
+    """The rank each architecture is tested at: half the head size, full where RoPE forbids less."""
+    return 1.0 if arch.model_type in ROPE_TYPES else 0.5
+
+
 def build(arch: TinyArch, auto_class: str = "AutoModel", dtype=torch.float32, attn="eager", seed=0):
     config = arch.make_config()
     config._attn_implementation = attn
