@@ -35,17 +35,7 @@ VARIANTS = {  # name: the recipe's flags
     "factorized_rank_1.0_linear_0.5": ["--rank", "1.0", "--linear-rank-scale", "0.5", "--decay-kind", "fd-ov"],
 }
 
-
-class Vocabulary:
-    """What build_model reads from a tokenizer: the size and the special ids (fairseq's order)."""
-
-    bos_token_id, pad_token_id, eos_token_id = 0, 1, 2
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
+BOS, PAD, EOS = 0, 1, 2  # fairseq's dictionary order, as recipes/iwslt14/prepare.py writes it
 
 
 def main() -> None:
@@ -64,20 +54,19 @@ def main() -> None:
     steps = args.steps or (30 if cuda else 3)
     batch = max(1, args.max_tokens // args.seq)
 
-    vocab = Vocabulary(args.vocab)
     states = {}
     for name, flags in VARIANTS.items():
         run_args = recipe.parse_args(["--data-dir", "-", "--output-dir", "-", "--preset", args.preset,
                                       "--optimizer", args.optimizer, "--decay", "1e-4", *flags])
         torch.manual_seed(0)
-        model = recipe.build_model(run_args, vocab).to(args.device).train()
+        model = recipe.build_model(run_args, args.vocab, pad_id=PAD, bos_id=BOS, eos_id=EOS).to(args.device).train()
         optimizer, coupled = recipe.build_optimizer(run_args, model)
         states[name] = (model, optimizer, coupled, run_args)
 
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, args.vocab, (batch, args.seq), generator=g).to(args.device)
     labels = torch.randint(4, args.vocab, (batch, args.seq), generator=g).to(args.device)
-    decoder_input = torch.cat([torch.full_like(labels[:, :1], vocab.eos_token_id), labels[:, :-1]], 1)
+    decoder_input = torch.cat([torch.full_like(labels[:, :1], EOS), labels[:, :-1]], 1)
     autocast = torch.autocast(args.device, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
     def update(model, optimizer, coupled, run_args) -> float:

@@ -1,12 +1,15 @@
 """Pieces of an accelerate training loop that the recipes share: an endless batch stream,
-checkpoints that remember their update count, and a clean end of a distributed run."""
+checkpoints that remember their update count, a clean end of a distributed run, and the
+run-what-is-missing loop of their grid drivers."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 from collections.abc import Iterable, Iterator
 
-__all__ = ["endless", "save_checkpoint", "load_checkpoint", "finish"]
+__all__ = ["endless", "save_checkpoint", "load_checkpoint", "finish", "run_missing"]
 
 STEP_FILE = "step.txt"
 
@@ -42,3 +45,15 @@ def finish(accelerator) -> None:
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drops accelerate's references and collects them
     accelerator.end_training()
+
+
+def run_missing(commands: dict[str, list[str]], output_root: str, execute: bool) -> None:
+    """A grid driver's runs ({name: command writing output_root/name/results.json}), one after the
+    other, skipping those whose results.json exists (an interrupted grid resumes); with
+    execute=False only print the commands (to run them elsewhere)."""
+    for i, (name, command) in enumerate(commands.items(), 1):
+        if os.path.exists(os.path.join(output_root, name, "results.json")):
+            continue
+        print(f"[{i}/{len(commands)}] {shlex.join(command)}", flush=True)
+        if execute:
+            subprocess.run(command, check=True)

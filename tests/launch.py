@@ -1,8 +1,9 @@
 """Running the project's scripts in subprocesses, as users run them: one process, or several CPU
-processes under `accelerate launch` (gloo)."""
+processes under `accelerate launch` (gloo); and importing a recipe script to test its functions."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,3 +27,11 @@ def run(args: list[str], launch: list[str] | None = None) -> subprocess.Complete
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def load_recipe(task: str, script: str):
+    """recipes/<task>/<script>.py as a module (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{task}_{script}", os.path.join(ROOT, "recipes", task, f"{script}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

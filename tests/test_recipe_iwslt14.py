@@ -3,7 +3,6 @@ processes → beam search and BLEU; resume; NAG with coupled FD; the sweep's tab
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -12,21 +11,14 @@ import torch
 
 import hf_fnl
 
-from .launch import ROOT, launcher, run
+from .launch import ROOT, launcher, load_recipe, run
 
 RECIPE = os.path.join(ROOT, "recipes", "iwslt14")
 RAW = os.path.join(ROOT, "tests", "fixtures", "iwslt14", "de-en")
 UNEQUAL_LINES = (88, 155, 271)  # the fixture's pairs with a length ratio above 1.5 (1-based lines)
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"iwslt14_{name}", os.path.join(RECIPE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare, train, sweep = load("prepare"), load("train"), load("sweep")
+prepare, train, sweep = (load_recipe("iwslt14", name) for name in ("prepare", "train", "sweep"))
 
 
 TINY = ["--preset", "tiny", "--cpu", "--warmup-updates", "5", "--max-tokens", "400", "--logging-steps", "5",
@@ -134,14 +126,7 @@ def test_bleu_scores():
 
 def optimizer_for(*flags):
     args = train.parse_args(["--data-dir", "-", "--output-dir", "-", "--preset", "tiny", *flags])
-
-    class Vocab:
-        pad_token_id, bos_token_id, eos_token_id = 1, 0, 2
-
-        def __len__(self):
-            return 50
-
-    model = train.build_model(args, Vocab())
+    model = train.build_model(args, 50, pad_id=1, bos_id=0, eos_id=2)
     return model, *train.build_optimizer(args, model)
 
 

@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--nsp", action="store_true", help="sentence pairs with next-sentence labels")
-    parser.add_argument("--validation-fraction", type=float, default=0.05)
+    parser.add_argument("--validation-fraction", type=float, default=0.05, help="of the documents")
     parser.add_argument("--num-proc", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True)
@@ -135,11 +135,12 @@ def main(argv=None) -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         tokenizer.save_pretrained(tokenizer_dir)
     rng = random.Random(args.seed)
-    packed = documents.map(pack, batched=True, batch_size=256, remove_columns=documents.column_names,
-                           num_proc=args.num_proc, desc="tokenize and pack",
-                           fn_kwargs=dict(tokenizer=tokenizer, max_len=args.max_seq_length, nsp=args.nsp, rng=rng))
-    split = packed.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+    # held out by document, so that no validation sequence shares a document with training
+    split = documents.train_test_split(test_size=args.validation_fraction, seed=args.seed)
     split["validation"] = split.pop("test")
+    split = split.map(pack, batched=True, batch_size=256, remove_columns=documents.column_names,
+                      num_proc=args.num_proc, desc="tokenize and pack",
+                      fn_kwargs=dict(tokenizer=tokenizer, max_len=args.max_seq_length, nsp=args.nsp, rng=rng))
     split.save_to_disk(os.path.join(args.output_dir, "dataset"))
     print(f"{len(split['train'])} training and {len(split['validation'])} validation sequences of <= "
           f"{args.max_seq_length} tokens, vocabulary {len(tokenizer)}; saved to {args.output_dir}")

@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--per-device-batch", type=int, default=64)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-minutes", type=float, help="a training-time budget instead: --max-steps is set from the "
+                   "measured time of a few steps, undone, before training (evaluation time is not counted)")
+    p.add_argument("--eval-steps", type=int, help="also evaluate held-out MLM loss/accuracy every this many steps")
     p.add_argument("--warmup", type=float, help="warmup fraction of the steps")
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--logging-steps", type=int, default=10)
@@ -70,6 +73,8 @@ def parse_args(argv=None):
                    "accelerate launch --multi_gpu --num_processes N ... --cpu (gloo)")
     p.add_argument("--output-dir", required=True)
     args = p.parse_args(argv)
+    if args.max_minutes is not None and args.resume_from:
+        p.error("a --max-minutes run resumes with --max-steps N, the step count it printed and saved in results.json")
     for key in ("global_batch", "lr", "max_steps", "warmup"):  # the phase's value unless given
         if getattr(args, key) is None:
             setattr(args, key, PHASES[args.phase][key])
@@ -106,6 +111,30 @@ def evaluate(model, dataloader, accelerator) -> dict:
         loss_sum, correct, count = loss_sum + loss.item(), correct + hits.item(), count + n.item()
     model.train()
     return {"eval_mlm_loss": loss_sum / max(count, 1), "eval_mlm_accuracy": correct / max(count, 1)}
+
+
+def seconds_per_step(model, batches, optimizer, accelerator, accumulation: int, max_grad_norm: float,
+                     repeats: int = 2) -> float:
+    """Time of one whole optimizer step (forward and backward over the accumulated micro-batches, clip,
+    update), the fastest of `repeats` after a warm-up step. The weights are put back and the
+    optimizer state, which Lamb/Flambe create at their first step, is dropped again."""
+    weights = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    timings = []
+    for _ in range(repeats + 1):
+        accelerator.wait_for_everyone()
+        start = time.perf_counter()
+        for _ in range(accumulation):
+            with accelerator.accumulate(model):
+                accelerator.backward(model(**next(batches)).loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+        accelerator.wait_for_everyone()
+        timings.append(time.perf_counter() - start)
+    accelerator.unwrap_model(model).load_state_dict(weights)
+    optimizer.optimizer.state.clear()
+    return accelerator.reduce(torch.tensor(min(timings[1:]), device=accelerator.device), reduction="mean").item()
 
 
 def plot_losses(history: list[dict], path: str) -> None:
@@ -157,17 +186,21 @@ def main(argv=None) -> dict:
     targets = tuple(t for t in args.fd_targets.split(",") if t) if args.optimizer == "flambe" else ()
     groups = fnl_param_groups(model, args.weight_decay, args.fd_coef, targets)
     optimizer = (Flambe if args.optimizer == "flambe" else Lamb)(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
-    scheduler = nvidia_poly_schedule(optimizer, int(args.warmup * args.max_steps), args.max_steps)
-    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    batches = endless(train_dl)
+    if args.max_minutes is not None:  # as many steps as fit the budget at the measured speed
+        step_seconds = seconds_per_step(model, batches, optimizer, accelerator, accumulation, args.max_grad_norm)
+        args.max_steps = max(1, int(args.max_minutes * 60 / step_seconds))
+        accelerator.print(f"{step_seconds:.3f} s per step: {args.max_steps} steps fit {args.max_minutes:g} minutes")
+    scheduler = accelerator.prepare(nvidia_poly_schedule(optimizer, int(args.warmup * args.max_steps), args.max_steps))
     accelerator.init_trackers("bert_pretrain", config={k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str))})
 
     # 4. resume
     step = load_checkpoint(accelerator, args.resume_from) if args.resume_from else 0
 
     # 5. the loop: one optimizer step per `accumulation` micro-batches
-    history, start = [], time.perf_counter()
+    history, evals, eval_seconds, start = [], [], 0.0, time.perf_counter()
     seen_tokens = torch.zeros((), device=accelerator.device)
-    batches = endless(train_dl)
     progress = tqdm(total=args.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
     model.train()
     while step < args.max_steps:
@@ -185,27 +218,34 @@ def main(argv=None) -> dict:
             continue
         step += 1
         progress.update(1)
+        train_seconds = time.perf_counter() - start - eval_seconds
         if step % args.logging_steps == 0 or step == args.max_steps:
-            elapsed = time.perf_counter() - start
-            entry = {"step": step, "loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
-                     "lr": scheduler.get_last_lr()[0],
-                     "tokens_per_s": accelerator.reduce(seen_tokens, reduction="sum").item() / elapsed}
+            entry = {"step": step, "minutes": train_seconds / 60,
+                     "loss": accelerator.reduce(loss.detach(), reduction="mean").item(), "lr": scheduler.get_last_lr()[0],
+                     "tokens_per_s": accelerator.reduce(seen_tokens, reduction="sum").item() / train_seconds}
             history.append(entry)
             accelerator.log(entry, step=step)
             progress.set_postfix(loss=f"{entry['loss']:.3f}")
+        if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+            eval_start = time.perf_counter()
+            evals.append({"step": step, "minutes": train_seconds / 60, **evaluate(model, eval_dl, accelerator)})
+            accelerator.log(evals[-1], step=step)
+            eval_seconds += time.perf_counter() - eval_start
         if step % args.checkpoint_steps == 0 and step < args.max_steps:
             save_checkpoint(accelerator, args.output_dir, step)
     progress.close()
 
     # 6. evaluate, save, plot
-    results = {**evaluate(model, eval_dl, accelerator), "params": params, "steps": step,
+    train_minutes = (time.perf_counter() - start - eval_seconds) / 60
+    evals.append({"step": step, "minutes": train_minutes, **evaluate(model, eval_dl, accelerator)})
+    results = {**evals[-1], "params": params, "steps": step, "train_minutes": train_minutes,
                "final_train_loss": history[-1]["loss"] if history else None}
     model = accelerator.unwrap_model(model)  # no reference to the DDP wrapper may outlive finish()
     if accelerator.is_main_process:
         model.save_pretrained(os.path.join(args.output_dir, "model"))
         tokenizer.save_pretrained(os.path.join(args.output_dir, "model"))
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-            json.dump({"results": results, "history": history}, f, indent=2)
+            json.dump({"results": results, "history": history, "evals": evals}, f, indent=2)
         if history:
             plot_losses(history, os.path.join(args.output_dir, "loss.png"))
         print(json.dumps(results))

@@ -17,8 +17,9 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
+
+from hf_fnl.loop import run_missing
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 KINDS = ("wd", "fd-ov", "fd-qkov")
@@ -119,13 +120,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     runs = grid(args.coefs, args.kinds, args.si)
     os.makedirs(args.output_root, exist_ok=True)
-    for i, run in enumerate(runs, 1):
-        command = train_command(run, args.launcher, args.output_root, args.train_args)
-        if os.path.exists(os.path.join(args.output_root, run["name"], "results.json")):
-            continue
-        print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
-        if args.run:
-            subprocess.run(command, check=True)
+    run_missing({run["name"]: train_command(run, args.launcher, args.output_root, args.train_args) for run in runs},
+                args.output_root, execute=args.run)
     rows = collect(runs, args.output_root)
     with open(os.path.join(args.output_root, "sweep.md"), "w") as f:
         f.write(markdown_table(rows))

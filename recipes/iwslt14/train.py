@@ -102,18 +102,18 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(args, tokenizer):
+def build_model(args, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
     """A fresh Transformer of the preset, factorized as --rank / --linear-rank-scale ask (SI of its own init)."""
     preset = PRESETS[args.preset]
     config = preset["config"](
-        vocab_size=len(tokenizer), d_model=preset["d_model"], encoder_layers=preset["layers"],
+        vocab_size=vocab_size, d_model=preset["d_model"], encoder_layers=preset["layers"],
         decoder_layers=preset["layers"], encoder_attention_heads=preset["heads"], decoder_attention_heads=preset["heads"],
         encoder_ffn_dim=preset["ffn"], decoder_ffn_dim=preset["ffn"], dropout=args.dropout or preset["dropout"],
         attention_dropout=0.0, activation_dropout=0.0, activation_function="relu", scale_embedding=True,
         encoder_layerdrop=0.0, decoder_layerdrop=0.0, max_position_embeddings=1024, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,  # fairseq starts decoding from </s>
-        forced_eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+        decoder_start_token_id=eos_id,  # fairseq starts decoding from </s>
+        forced_eos_token_id=eos_id,
     )
     if preset["config"] is MarianConfig:
         config.decoder_vocab_size, config.share_encoder_decoder_embeddings = len(tokenizer), True
@@ -270,7 +270,7 @@ def main(argv=None) -> dict:
     data = load_from_disk(os.path.join(args.data_dir, "dataset"))
     with accelerator.main_process_first():
         data = data.map(lambda batch: tokenizer(batch[SRC], text_target=batch[TGT]), batched=True, desc="BPE")
-    model = build_model(args, tokenizer)
+    model = build_model(args, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     pad, decoder_start = DataCollatorForSeq2Seq(tokenizer), model.config.decoder_start_token_id  # labels padded with -100
 
     def collator(features):  # teacher forcing: the decoder reads the labels shifted right behind </s>
