@@ -188,6 +188,7 @@ def main(argv=None) -> dict:
     optimizer = (Flambe if args.optimizer == "flambe" else Lamb)(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     batches = endless(train_dl)
+    model.train()  # from_pretrained (phase 2) leaves it in eval mode
     if args.max_minutes is not None:  # as many steps as fit the budget at the measured speed
         step_seconds = seconds_per_step(model, batches, optimizer, accelerator, accumulation, args.max_grad_norm)
         args.max_steps = max(1, int(args.max_minutes * 60 / step_seconds))
@@ -202,7 +203,6 @@ def main(argv=None) -> dict:
     history, evals, eval_seconds, start = [], [], 0.0, time.perf_counter()
     seen_tokens = torch.zeros((), device=accelerator.device)
     progress = tqdm(total=args.max_steps, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
-    model.train()
     while step < args.max_steps:
         batch = next(batches)
         with accelerator.accumulate(model):
