@@ -124,6 +124,20 @@ def test_bleu_scores():
     assert train.bleu(["a b c d"], ["w x y z"], ["W x y z"])["bleu_tokenized"] == 0.0
 
 
+@pytest.mark.parametrize("preset", sorted(train.PRESETS))
+def test_every_preset_builds_and_runs(preset):
+    args = train.parse_args(["--data-dir", "-", "--output-dir", "-", "--preset", preset])
+    model = train.build_model(args, 60, pad_id=1, bos_id=0, eos_id=2).eval()
+    spec, config = train.PRESETS[preset], model.config
+    assert (config.d_model, config.encoder_layers, config.decoder_layers, config.encoder_attention_heads,
+            config.encoder_ffn_dim) == (spec["d_model"], spec["layers"], spec["layers"], spec["heads"], spec["ffn"])
+    assert config.decoder_start_token_id == config.eos_token_id == 2 and config.pad_token_id == 1
+    source = torch.randint(3, 60, (2, 7))
+    logits = model(input_ids=source, decoder_input_ids=source[:, :5]).logits
+    assert logits.shape == (2, 5, 60)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # shared, as fairseq's
+
+
 def optimizer_for(*flags):
     args = train.parse_args(["--data-dir", "-", "--output-dir", "-", "--preset", "tiny", *flags])
     model = train.build_model(args, 50, pad_id=1, bos_id=0, eos_id=2)

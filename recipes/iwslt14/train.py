@@ -116,7 +116,7 @@ def build_model(args, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
         forced_eos_token_id=eos_id,
     )
     if preset["config"] is MarianConfig:
-        config.decoder_vocab_size, config.share_encoder_decoder_embeddings = len(tokenizer), True
+        config.decoder_vocab_size, config.share_encoder_decoder_embeddings = vocab_size, True
     model = AutoModelForSeq2SeqLM.from_config(config)
     attention = dict(rank=args.rank, forms=tuple(args.forms.split(","))) if args.rank is not None else dict(forms=())
     linear = dict(linear_targets=args.linear_targets, linear_rank=args.linear_rank_scale) if args.linear_rank_scale else {}
