@@ -17,6 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .dlrt import KLSIntegrator
 from .optim import FDAdamW, Flambe, Lamb, fnl_param_groups
 from .patch import ALL_FORMS, fnl_factor_pairs
+from .plotting import new_figure, save_figure
 from .regularize import fd_penalty, form_norms
 
 __all__ = ["FNLTrainingArguments", "FNLTrainer", "FNLPlotCallback", "nvidia_poly_schedule"]
@@ -102,24 +103,19 @@ class FNLPlotCallback(TrainerCallback):
                     ys.append(value)
         if not series:
             return
+        keys = sorted(series)
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            fig, axes = new_figure(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
         except ImportError:
             logger.warning("matplotlib is not installed (pip install 'hf-fnl[plots]'): no fnl_diagnostics.png")
             return
-        keys = sorted(series)
-        fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
         for ax, key in zip(axes[:, 0], keys):
             ax.plot(*series[key], marker=".")
             ax.set_ylabel(key.removeprefix("fnl/"), fontsize=8)
             ax.grid(alpha=0.3)
         axes[-1, 0].set_xlabel("step")
         fig.suptitle("hf-fnl training diagnostics")
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.output_dir, "fnl_diagnostics.png"), dpi=100)
-        plt.close(fig)
+        save_figure(fig, os.path.join(args.output_dir, "fnl_diagnostics.png"))
 
 
 class FNLTrainer(Trainer):

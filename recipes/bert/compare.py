@@ -22,6 +22,7 @@ import shlex
 import sys
 
 from hf_fnl.loop import run_missing
+from hf_fnl.plotting import new_figure, save_figure
 
 PRETRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
 RUNS = {
@@ -73,12 +74,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (by_time, by_step) = new_figure(1, 2, figsize=(11, 4.2))
     for r in rows:
         minutes, steps, losses = zip(*((e["minutes"], e["step"], e["eval_mlm_loss"]) for e in r["evals"]))
         line, = by_time.plot(minutes, losses, marker=".", label=r["name"])
@@ -90,9 +86,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("BERT pretraining: full vs halved MHA, LAMB vs FLAMBé")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> list[dict]:

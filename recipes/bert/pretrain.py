@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForPreT
 import hf_fnl
 from hf_fnl.loop import endless, finish, load_checkpoint, save_checkpoint
 from hf_fnl.optim import Flambe, Lamb, fnl_param_groups
+from hf_fnl.plotting import new_figure, save_figure
 from hf_fnl.trainer import nvidia_poly_schedule
 
 PRESETS = {
@@ -138,19 +139,12 @@ def seconds_per_step(model, batches, optimizer, accelerator, accumulation: int, 
 
 
 def plot_losses(history: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:

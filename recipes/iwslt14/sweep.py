@@ -20,6 +20,7 @@ import shlex
 import sys
 
 from hf_fnl.loop import run_missing
+from hf_fnl.plotting import new_figure, save_figure
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 KINDS = ("wd", "fd-ov", "fd-qkov")
@@ -88,12 +89,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     colors = dict(zip(KINDS, ("tab:gray", "tab:blue", "tab:orange")))
     for si in (True, False):
         for kind in KINDS:
@@ -111,9 +107,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("IWSLT-14 de-en: weight decay vs Frobenius decay")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> list[dict]:

@@ -39,6 +39,7 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForS
 import hf_fnl
 from hf_fnl.loop import endless, finish, load_checkpoint, save_checkpoint
 from hf_fnl.optim import FDAdamW, fnl_param_groups
+from hf_fnl.plotting import new_figure, save_figure
 from hf_fnl.regularize import fd_penalty
 
 SRC, TGT = "de", "en"
@@ -236,12 +237,7 @@ def bleu(hypotheses: list[str], references: list[str], raw_references: list[str]
 
 
 def plot_history(history: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     train = [h for h in history if "loss" in h]
     valid = [h for h in history if "valid_loss" in h]
     ax.plot([h["step"] for h in train], [h["loss"] for h in train], label="train (label-smoothed)")
@@ -250,9 +246,7 @@ def plot_history(history: list[dict], path: str) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -20,6 +20,7 @@ import statistics
 import sys
 
 from hf_fnl.loop import run_missing
+from hf_fnl.plotting import new_figure, save_figure
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 SETTINGS = {
@@ -90,12 +91,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     for i, r in enumerate(rows):
         acc = [100 * a for a in r["accuracies"]]
         std = statistics.stdev(acc) if len(acc) > 1 else 0.0
@@ -108,9 +104,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("low-rank ResNet: spectral initialization (SI) and Frobenius decay (FD)")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> list[dict]:

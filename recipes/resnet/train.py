@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import hf_fnl
 from hf_fnl.loop import finish
 from hf_fnl.optim import fnl_param_groups
+from hf_fnl.plotting import new_figure, save_figure
 from hf_fnl.regularize import fd_penalty
 
 FACTORIZED = r"stages\.\d+\.\d+\.conv[12]"  # the residual blocks' 3×3 convolutions
@@ -144,12 +145,7 @@ def accuracy(model, dataloader, accelerator) -> float:
 
 
 def plot_curves(epochs: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (loss_ax, acc_ax) = new_figure(1, 2, figsize=(10, 4))
     x = [e["epoch"] for e in epochs]
     loss_ax.plot(x, [e["train_loss"] for e in epochs])
     acc_ax.plot(x, [e["test_accuracy"] for e in epochs])
@@ -158,9 +154,7 @@ def plot_curves(epochs: list[dict], path: str) -> None:
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
