@@ -15,13 +15,11 @@ and comparison.png (held-out MLM loss against training minutes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import sys
 
-from hf_fnl.loop import run_missing
+from hf_fnl.loop import grid_parser, parse_grid_args, run_missing, write_grid_report
 from hf_fnl.plotting import new_figure, save_figure
 
 PRETRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
@@ -35,14 +33,9 @@ DEFAULT_RUNS = "lamb-full,lamb-half,flambe-half"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-root", required=True)
+    p = grid_parser(__doc__, "pretrain.py")
     p.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated, among {', '.join(RUNS)}")
-    p.add_argument("--run", action="store_true", help="train the missing runs (otherwise only collect and plot)")
-    p.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
-    p.add_argument("pretrain_args", nargs=argparse.REMAINDER, help="-- then the arguments every pretrain.py run gets")
-    args = p.parse_args(argv)
-    args.pretrain_args = args.pretrain_args[1:] if args.pretrain_args[:1] == ["--"] else args.pretrain_args
+    args = parse_grid_args(p, argv)
     args.runs = [r for r in args.runs.split(",") if r]
     if bad := [r for r in args.runs if r not in RUNS]:
         p.error(f"--runs: {bad} are not among {list(RUNS)}")
@@ -92,15 +85,11 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     os.makedirs(args.output_root, exist_ok=True)
-    run_missing({name: [*shlex.split(args.launcher), PRETRAIN, *args.pretrain_args, *RUNS[name],
+    run_missing({name: [*shlex.split(args.launcher), PRETRAIN, *args.script_args, *RUNS[name],
                         "--output-dir", os.path.join(args.output_root, name)] for name in args.runs},
                 args.output_root, execute=args.run)
     rows = collect(args.runs, args.output_root)
-    with open(os.path.join(args.output_root, "comparison.md"), "w") as f:
-        f.write(markdown_table(rows))
-    if rows:
-        plot(rows, os.path.join(args.output_root, "comparison.png"))
-    print(markdown_table(rows))
+    print(write_grid_report(rows, args.output_root, "comparison", markdown_table, plot))
     return rows
 
 

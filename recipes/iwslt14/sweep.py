@@ -13,13 +13,11 @@ interrupted sweep resumes. Writes <output-root>/sweep.md (a table) and sweep.png
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import sys
 
-from hf_fnl.loop import run_missing
+from hf_fnl.loop import grid_parser, parse_grid_args, run_missing, write_grid_report
 from hf_fnl.plotting import new_figure, save_figure
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -28,16 +26,11 @@ LINE_STYLES = {True: "-", False: "--"}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-root", required=True)
+    p = grid_parser(__doc__, "train.py")
     p.add_argument("--coefs", default="1e-6,5e-6,1e-5,5e-5,1e-4", help="decay coefficients (λ = 0 is always run)")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--si", default="on,off", help="SI settings to run: on, off or both")
-    p.add_argument("--run", action="store_true", help="train the missing runs (otherwise only collect and plot)")
-    p.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help='e.g. "accelerate launch"')
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments every train.py run gets")
-    args = p.parse_args(argv)
-    args.train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    args = parse_grid_args(p, argv)
     args.coefs = [float(c) for c in args.coefs.split(",") if c]
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.si = [s == "on" for s in args.si.split(",") if s]
@@ -114,13 +107,10 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     runs = grid(args.coefs, args.kinds, args.si)
     os.makedirs(args.output_root, exist_ok=True)
-    run_missing({run["name"]: train_command(run, args.launcher, args.output_root, args.train_args) for run in runs},
+    run_missing({run["name"]: train_command(run, args.launcher, args.output_root, args.script_args) for run in runs},
                 args.output_root, execute=args.run)
     rows = collect(runs, args.output_root)
-    with open(os.path.join(args.output_root, "sweep.md"), "w") as f:
-        f.write(markdown_table(rows))
-    if rows:
-        plot(rows, os.path.join(args.output_root, "sweep.png"))
+    write_grid_report(rows, args.output_root, "sweep", markdown_table, plot)
     print(f"{len(rows)}/{len(runs)} runs finished; table and plot in {args.output_root}")
     return rows
 

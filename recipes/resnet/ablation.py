@@ -12,14 +12,12 @@ every seed's accuracy as a dot).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import statistics
-import sys
 
-from hf_fnl.loop import run_missing
+from hf_fnl.loop import grid_parser, parse_grid_args, run_missing, write_grid_report
 from hf_fnl.plotting import new_figure, save_figure
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -32,15 +30,10 @@ SETTINGS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-root", required=True)
+    p = grid_parser(__doc__, "train.py")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--dense", action="store_true", help="also train the dense network (the rank scale is dropped)")
-    p.add_argument("--run", action="store_true", help="train the missing runs (otherwise only collect and plot)")
-    p.add_argument("--launcher", default=shlex.quote(sys.executable), help='e.g. "accelerate launch"')
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments every train.py run gets")
-    args = p.parse_args(argv)
-    args.train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    args = parse_grid_args(p, argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     return args
 
@@ -57,9 +50,9 @@ def without_rank_scale(train_args: list[str]) -> list[str]:
 
 def commands(args) -> dict[str, list[str]]:
     launcher = shlex.split(args.launcher)
-    settings = {name: [*args.train_args, *flags] for name, flags in SETTINGS.items()}
+    settings = {name: [*args.script_args, *flags] for name, flags in SETTINGS.items()}
     if args.dense:
-        settings["dense"] = without_rank_scale(args.train_args)
+        settings["dense"] = without_rank_scale(args.script_args)
     return {f"{name}-seed{seed}": [*launcher, TRAIN, *flags, "--seed", str(seed),
                                    "--output-dir", os.path.join(args.output_root, f"{name}-seed{seed}")]
             for name, flags in settings.items() for seed in args.seeds}
@@ -113,11 +106,7 @@ def main(argv=None) -> list[dict]:
     runs = commands(args)
     run_missing(runs, args.output_root, execute=args.run)
     rows = collect(list(runs), args.output_root)
-    with open(os.path.join(args.output_root, "ablation.md"), "w") as f:
-        f.write(markdown_table(rows))
-    if rows:
-        plot(rows, os.path.join(args.output_root, "ablation.png"))
-    print(markdown_table(rows))
+    print(write_grid_report(rows, args.output_root, "ablation", markdown_table, plot))
     return rows
 
 
